@@ -1,0 +1,109 @@
+"""Configuration of the dual-adapter (adversarial soup) Vision Transformer.
+
+Differences from :class:`~transformers.ViTConfig` (Rebuffi, Croce & Gowal, "Revisiting adapters with adversarial
+training", ICLR 2023):
+
+- ``adapter``: which parameters are doubled, one copy per domain (clean / adversarial); all others are shared.
+- ``beta``: the soup weight used when ``forward`` is not told otherwise (Eq. 3).
+- ``pooling``: the MAE-style mean-pooled head of the paper, or the vanilla ViT classification-token head.
+- ``patch_stride``: overlapping patches for small images (appendix A: patch 4, stride 2 on 32x32 images).
+- ``drop_path_rate``: stochastic depth, linearly increasing with depth (HF ViT has none).
+
+This file is copied next to the weights by ``save_pretrained`` (remote code): it imports nothing from
+``hf_advsoup``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import ViTConfig
+
+ADAPTER_TYPES = ("cls_token", "layernorm", "pos_embed", "patch_embed", "none")
+"""Adapter types of Table 1. ``"none"`` is the fully shared co-training baseline (one copy of everything)."""
+
+POOLING_TYPES = ("mean", "cls")
+"""``"mean"``: mean of the final tokens except the classification token (MAE head, the paper's choice);
+``"cls"``: the final classification token (vanilla ViT)."""
+
+
+def validate_choice(name: str, value, choices) -> None:
+    """Raise a ``ValueError`` that names the valid options when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; valid options are: {', '.join(repr(c) for c in choices)}.")
+
+
+def validate_beta(beta) -> float:
+    """Check that a scalar soup weight is a finite number and return it as a float.
+
+    Any finite value is allowed: ``beta=1`` is clean mode, ``beta=0`` robust mode, and values outside ``[0, 1]``
+    extrapolate (the paper reports gains at 1.05 and -0.05).
+    """
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        try:
+            beta = float(beta)
+        except (TypeError, ValueError):
+            raise TypeError(f"beta must be a finite number, got {beta!r} of type {type(beta).__name__}.") from None
+    beta = float(beta)
+    if not math.isfinite(beta):
+        raise ValueError(
+            f"beta must be finite, got {beta}. Use beta=1 for clean mode, beta=0 for robust mode, or any finite "
+            "value in between (or slightly outside [0, 1] to extrapolate)."
+        )
+    return beta
+
+
+class AdvSoupViTConfig(ViTConfig):
+    r"""Configuration of :class:`~hf_advsoup.AdvSoupViTForImageClassification`.
+
+    Accepts every :class:`~transformers.ViTConfig` argument, plus:
+
+    Args:
+        adapter (`str`, defaults to `"cls_token"`):
+            Which parameters are doubled (one clean and one adversarial copy), Table 1 of the paper:
+            `"cls_token"` (768 parameters in ViT-B/16), `"layernorm"` (all LayerNorm scales and offsets, 38k),
+            `"pos_embed"` (positional embedding, 151k), `"patch_embed"` (patch embedder, 591k), or `"none"`
+            (fully shared co-training: a single copy, `beta` has no effect).
+        beta (`float`, defaults to `1.0`):
+            Soup weight used when `forward` gets no `beta`: the adapters are `beta * clean + (1 - beta) *
+            adversarial`. `1.0` is clean mode, `0.0` robust mode; any finite value is allowed.
+        pooling (`str`, defaults to `"mean"`):
+            `"mean"` (MAE-style head: mean of the final tokens except the classification token, the paper's
+            choice) or `"cls"` (vanilla ViT: the final classification token).
+        patch_stride (`int`, *optional*):
+            Stride of the patch embedder. `None` means `patch_size` (non-overlapping patches). The paper uses patch
+            4 with stride 2 on 32x32 images (appendix A).
+        drop_path_rate (`float`, defaults to `0.0`):
+            Stochastic depth rate of the last block; block `i` of `L` drops its residual branches with probability
+            `drop_path_rate * i / (L - 1)`. The paper uses 0.1.
+
+    Example:
+
+    ```python
+    >>> from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
+    >>> config = AdvSoupViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+    ...                           image_size=32, patch_size=4, patch_stride=2, num_labels=10, adapter="cls_token")
+    >>> model = AdvSoupViTForImageClassification(config)
+    ```
+    """
+
+    model_type = "advsoup-vit"
+
+    adapter: str = "cls_token"
+    beta: float | int = 1.0
+    pooling: str = "mean"
+    patch_stride: int | None = None
+    drop_path_rate: float | int = 0.0
+
+    def __post_init__(self, **kwargs):
+        validate_choice("adapter", self.adapter, ADAPTER_TYPES)
+        validate_choice("pooling", self.pooling, POOLING_TYPES)
+        self.beta = validate_beta(self.beta)
+        if not 0.0 <= float(self.drop_path_rate) < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
+        if self.patch_stride is not None and int(self.patch_stride) < 1:
+            raise ValueError(f"patch_stride must be a positive integer or None, got {self.patch_stride}.")
+        super().__post_init__(**kwargs)
+
+
+__all__ = ["AdvSoupViTConfig", "ADAPTER_TYPES", "POOLING_TYPES"]
