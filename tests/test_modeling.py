@@ -1,0 +1,341 @@
+"""Tests of the dual-adapter ViT: soups, per-sample modes, HF-native loading and export (tiny seeded models)."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, pipeline
+from transformers.models.vit import ViTImageProcessorPil
+
+from hf_advsoup import ADAPTER_TYPES, AdvSoupViTConfig, AdvSoupViTForImageClassification
+
+ADAPTERS = [a for a in ADAPTER_TYPES if a != "none"]
+TINY = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16, patch_size=4,
+    num_labels=5,
+)
+
+
+def make_model(seed=0, **overrides) -> AdvSoupViTForImageClassification:
+    torch.manual_seed(seed)
+    model = AdvSoupViTForImageClassification(AdvSoupViTConfig(**{**TINY, **overrides})).eval()
+    # Both copies start equal; make them differ with noise (a constant shift would vanish in LayerNorm).
+    with torch.no_grad():
+        for param in model.adversarial_adapter.values():
+            param.add_(torch.randn_like(param) * 0.5)
+    return model
+
+
+def images(n=4, seed=1, size=16):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def with_adapter(model, weights: dict) -> AdvSoupViTForImageClassification:
+    """A copy of `model` in clean mode whose clean adapter tensors were set by hand."""
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, value in weights.items():
+            other.vit.get_parameter(name).copy_(value)
+    return other
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("adapter", ADAPTER_TYPES)
+def test_shapes_for_every_adapter_and_pooling(adapter, pooling):
+    model = make_model(adapter=adapter, pooling=pooling, patch_stride=2)
+    out = model(images(3), beta=0.3, output_hidden_states=True)
+    assert out.logits.shape == (3, 5)
+    # patch 4 stride 2 on 16x16: a 7x7 grid plus the classification token, for every block plus the embeddings.
+    assert len(out.hidden_states) == TINY["num_hidden_layers"] + 1
+    assert all(h.shape == (3, 50, 32) for h in out.hidden_states)
+    expected = {"cls_token": 32, "layernorm": 2 * 2 * 2 * 32 + 2 * 32, "pos_embed": 50 * 32,
+                "patch_embed": 32 * 3 * 4 * 4 + 32, "none": 0}[adapter]
+    assert sum(p.numel() for p in model.adversarial_adapter.parameters()) == expected
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_modes_and_soups_equal_hand_set_adapters(adapter):
+    model = make_model(adapter=adapter)
+    x = images()
+    clean = {n: p.detach() for n, p in model.clean_adapter().items()}
+    adv = {n: p.detach() for n, p in model.adversarial_adapter_parameters().items()}
+    with torch.no_grad():
+        robust_by_hand = with_adapter(model, adv)(x, beta=1.0).logits
+        assert torch.equal(model(x, beta=1.0).logits, with_adapter(model, clean)(x, beta=1.0).logits)
+        assert torch.equal(model(x, beta=0.0).logits, robust_by_hand)
+        assert not torch.allclose(model(x, beta=1.0).logits, robust_by_hand)
+        for b in (0.25, 0.5, 1.05, -0.05):
+            by_hand = with_adapter(model, {n: b * clean[n] + (1 - b) * adv[n] for n in clean})
+            torch.testing.assert_close(model(x, beta=b).logits, by_hand(x, beta=1.0).logits, rtol=0, atol=1e-5)
+        # 2-D combination of appendix D.
+        by_hand = with_adapter(model, {n: 0.7 * clean[n] + 0.6 * adv[n] for n in clean})
+        torch.testing.assert_close(model(x, beta=0.7, beta2=0.6).logits, by_hand(x).logits, rtol=0, atol=1e-5)
+
+
+def test_default_beta_comes_from_config():
+    model = make_model()
+    x = images()
+    with torch.no_grad():
+        model.config.beta = 0.0
+        assert torch.equal(model(x).logits, model(x, beta=0.0).logits)
+        assert not torch.allclose(model(x).logits, model(x, beta=1.0).logits)
+
+
+@pytest.mark.parametrize("adapter", ADAPTER_TYPES)
+def test_per_sample_beta_equals_each_sample_alone(adapter):
+    model = make_model(adapter=adapter)
+    x = images(5)
+    betas = [1.0, 0.0, 0.5, 1.05, 0.0]
+    with torch.no_grad():
+        batched = model(x, beta=torch.tensor(betas)).logits
+        alone = torch.cat([model(x[i : i + 1], beta=b).logits for i, b in enumerate(betas)])
+        pairs = model(x, beta=torch.tensor(betas), beta2=torch.tensor(betas[::-1])).logits
+        pairs_alone = torch.cat(
+            [model(x[i : i + 1], beta=b, beta2=b2).logits for i, (b, b2) in enumerate(zip(betas, betas[::-1]))]
+        )
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(pairs, pairs_alone, rtol=0, atol=1e-5)
+
+
+def test_cls_pooling_with_equal_copies_is_the_vanilla_vit():
+    torch.manual_seed(0)
+    vanilla = ViTForImageClassification(ViTConfig(**TINY)).eval()
+    model = AdvSoupViTForImageClassification(AdvSoupViTConfig(**TINY, pooling="cls", adapter="layernorm")).eval()
+    missing, unexpected = model.load_state_dict(vanilla.state_dict(), strict=False)
+    assert unexpected == [] and all(k.startswith("adversarial_adapter.") for k in missing)
+    with torch.no_grad():
+        for name, param in model.adversarial_adapter_parameters().items():
+            param.copy_(model.vit.get_parameter(name))
+        x = images()
+        for beta in (1.0, 0.0, 0.4):
+            torch.testing.assert_close(model(x, beta=beta).logits, vanilla(x).logits, rtol=0, atol=1e-5)
+        # Mean pooling reads other tokens: a different head output.
+        model.config.pooling = "mean"
+        assert not torch.allclose(model(x).logits, vanilla(x).logits, atol=1e-3)
+
+
+def assert_initialised(model):
+    for name, param in model.named_parameters():
+        assert torch.isfinite(param).all() and param.abs().max() < 100, f"{name} looks uninitialised"
+
+
+@pytest.mark.parametrize("adapter", ADAPTER_TYPES)
+def test_fresh_model_is_initialised_with_equal_copies(adapter):
+    torch.manual_seed(0)
+    model = AdvSoupViTForImageClassification(AdvSoupViTConfig(**TINY, adapter=adapter, patch_stride=2))
+    assert_initialised(model)
+    for name, adv in model.adversarial_adapter_parameters().items():
+        assert torch.equal(adv, model.vit.get_parameter(name))
+    # The resized (strided) positional embedding is initialised, not left at zero.
+    assert model.vit.embeddings.position_embeddings.std() > 1e-3
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_init_from_vanilla_vit_checkpoint_starts_both_copies_pretrained(tmp_path, adapter):
+    torch.manual_seed(0)
+    vanilla = ViTForImageClassification(ViTConfig(**TINY)).eval()
+    with torch.no_grad():  # pretrained-looking, non-default weights everywhere
+        for p in vanilla.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    vanilla.save_pretrained(tmp_path)
+    model = AdvSoupViTForImageClassification.from_pretrained(tmp_path, adapter=adapter, pooling="cls").eval()
+    assert_initialised(model)
+    for name, adv in model.adversarial_adapter_parameters().items():
+        assert torch.equal(adv, vanilla.vit.get_parameter(name)), name
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, beta=0.0).logits, vanilla(x).logits, rtol=0, atol=1e-5)
+
+
+def test_new_head_size_from_vanilla_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(**TINY)).save_pretrained(tmp_path)
+    model = AdvSoupViTForImageClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
+    assert model.classifier.out_features == 3
+    assert_initialised(model)
+
+
+@pytest.mark.parametrize("adapter", ADAPTER_TYPES)
+def test_own_checkpoint_round_trip_with_beta_override(tmp_path, adapter):
+    model = make_model(adapter=adapter, patch_stride=2, drop_path_rate=0.1)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path, beta=0.3).eval()
+    assert type(loaded) is AdvSoupViTForImageClassification and loaded.config.beta == 0.3
+    assert_initialised(loaded)
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x, beta=0.3).logits, rtol=0, atol=0)
+    assert loaded.config.patch_stride == 2 and loaded.config.drop_path_rate == 0.1
+
+
+def test_remote_code_loads_without_the_package(tmp_path):
+    model = make_model(adapter="layernorm")
+    model.save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageClassification"].startswith("modeling_advsoup.")
+    assert (tmp_path / "ckpt" / "modeling_advsoup.py").exists()
+    x = images(2)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = model(x, beta=0.5).logits
+    script = textwrap.dedent(
+        """
+        import importlib.abc, sys
+        class BlockPackage(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "hf_advsoup" or name.startswith("hf_advsoup."):
+                    raise ImportError("hf_advsoup is not installed in this environment")
+        sys.meta_path.insert(0, BlockPackage())
+        import torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True, beta=0.5).eval()
+        assert "hf_advsoup" not in sys.modules
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        with torch.no_grad():
+            torch.save(model(torch.load(sys.argv[2])).logits, sys.argv[3])
+        """
+    )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "ckpt"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_exported_soup_is_standalone_and_predicts_identically(tmp_path, adapter):
+    model = make_model(adapter=adapter)
+    exported = model.export_soup(0.3)
+    assert exported.config.adapter == "none" and len(exported.adversarial_adapter) == 0
+    exported.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, model(x, beta=0.3).logits, rtol=0, atol=1e-5)
+        # beta has no effect on a single-copy model
+        assert torch.equal(reloaded(x, beta=0.0).logits, reloaded(x, beta=1.0).logits)
+    assert model.config.adapter == adapter  # the source is untouched
+
+
+def test_ensemble_is_the_probability_average():
+    model = make_model()
+    x = images()
+    with torch.no_grad():
+        p_clean = model(x, beta=1.0).logits.softmax(-1)
+        p_robust = model(x, beta=0.0).logits.softmax(-1)
+        for b in (0.0, 0.3, 1.0):
+            probs = model.ensemble_forward(x, beta=b).logits.exp()
+            torch.testing.assert_close(probs, b * p_clean + (1 - b) * p_robust, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="0 <= beta <= 1"):
+        model.ensemble_forward(x, beta=1.2)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_gradients_reach_both_copies_in_a_mixed_batch(adapter):
+    model = make_model(adapter=adapter).train()
+    x = images(4)
+    labels = torch.tensor([0, 1, 2, 3])
+    loss = model(x, labels=labels, beta=torch.tensor([1.0, 1.0, 0.0, 0.0])).loss
+    loss.backward()
+    for name, clean in model.clean_adapter().items():
+        adv = model.adversarial_adapter_parameters()[name]
+        assert clean.grad is not None and clean.grad.abs().sum() > 0, name
+        assert adv.grad is not None and adv.grad.abs().sum() > 0, name
+    # A clean-only batch gives the adversarial copy a zero gradient (it is in the graph, for DDP).
+    model.zero_grad()
+    model(x, labels=labels, beta=torch.ones(4)).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in model.adversarial_adapter.values())
+
+
+def test_soft_labels_use_soft_cross_entropy():
+    model = make_model()
+    x = images(3)
+    hard = torch.tensor([0, 2, 4])
+    with torch.no_grad():
+        soft = torch.nn.functional.one_hot(hard, 5).float()
+        torch.testing.assert_close(model(x, labels=soft).loss, model(x, labels=hard).loss)
+
+
+def test_drop_path_is_stochastic_in_training_only():
+    model = make_model(drop_path_rate=0.5, num_hidden_layers=3)
+    assert model._drop_path_rates == [0.0, 0.25, 0.5]
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, model(x).logits)
+        model.train()
+        torch.manual_seed(0)
+        a = model(x).logits
+        torch.manual_seed(1)
+        assert not torch.allclose(a, model(x).logits)
+
+
+def test_hidden_states_and_attentions(tmp_path):
+    model = make_model()
+    with pytest.raises(ValueError, match="eager"):
+        model(images(), output_attentions=True)
+    model.set_attn_implementation("eager")
+    out = model(images(2), output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 2, 17, 17)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 2, 17))
+    assert len(out.hidden_states) == 3
+    as_tuple = model(images(2), return_dict=False)
+    assert isinstance(as_tuple, tuple) and as_tuple[0].shape == (2, 5)
+
+
+def test_pipeline_on_pil_images(tmp_path):
+    model = make_model(id2label={i: f"class_{i}" for i in range(5)}, label2id={f"class_{i}": i for i in range(5)})
+    model.save_pretrained(tmp_path)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        tmp_path
+    )
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8))
+    clean = pipeline("image-classification", model=str(tmp_path), model_kwargs={"beta": 1.0})
+    robust = pipeline("image-classification", model=str(tmp_path), model_kwargs={"beta": 0.0})
+    top_clean, top_robust = clean(image, top_k=5), robust(image, top_k=5)
+    assert {r["label"] for r in top_clean} == {f"class_{i}" for i in range(5)}
+    assert abs(sum(r["score"] for r in top_clean) - 1) < 1e-5
+    assert [r["score"] for r in top_clean] != [r["score"] for r in top_robust]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"adapter": "lnorm"}, "'cls_token', 'layernorm', 'pos_embed', 'patch_embed', 'none'"),
+        ({"pooling": "avg"}, "'mean', 'cls'"),
+        ({"beta": float("nan")}, "finite"),
+        ({"beta": float("inf")}, "finite"),
+        ({"drop_path_rate": 1.0}, r"\[0, 1\)"),
+    ],
+)
+def test_invalid_config_values_name_the_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdvSoupViTConfig(**TINY, **kwargs)
+
+
+def test_invalid_forward_beta(tmp_path):
+    model = make_model()
+    x = images(3)
+    with pytest.raises(ValueError, match="finite"):
+        model(x, beta=float("nan"))
+    with pytest.raises(ValueError, match="finite"):
+        model(x, beta=torch.tensor([1.0, float("inf"), 0.0]))
+    with pytest.raises(ValueError, match=r"shape \(batch_size,\)"):
+        model(x, beta=torch.ones(2))
+    with pytest.raises(TypeError, match="finite number"):
+        model(x, beta="half")
+    # A NaN beta set after construction (from_pretrained(..., beta=...) uses setattr) is caught at use.
+    model.save_pretrained(tmp_path)
+    loaded = AdvSoupViTForImageClassification.from_pretrained(tmp_path, beta=float("nan"))
+    with pytest.raises(ValueError, match="finite"):
+        loaded(x)
