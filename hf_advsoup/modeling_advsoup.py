@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from collections.abc import Mapping
 
 import torch
@@ -340,9 +341,8 @@ class AdvSoupViTForImageClassification(ViTForImageClassification):
             if output_hidden_states:
                 all_hidden.append(hidden_states)
             if getattr(layer, "gradient_checkpointing", False) and self.training:
-                hidden_states, attentions = checkpoint(
-                    self._block, i, hidden_states, adapters, output_attentions, use_reentrant=False
-                )
+                run = getattr(layer, "_gradient_checkpointing_func", None) or partial(checkpoint, use_reentrant=False)
+                hidden_states, attentions = run(self._block, i, hidden_states, adapters, output_attentions)
             else:
                 hidden_states, attentions = self._block(i, hidden_states, adapters, output_attentions)
             if output_attentions:

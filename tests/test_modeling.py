@@ -339,3 +339,16 @@ def test_invalid_forward_beta(tmp_path):
     loaded = AdvSoupViTForImageClassification.from_pretrained(tmp_path, beta=float("nan"))
     with pytest.raises(ValueError, match="finite"):
         loaded(x)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = make_model(adapter="layernorm", drop_path_rate=0.0).train()
+    x, labels, beta = images(4), torch.tensor([0, 1, 2, 3]), torch.tensor([1.0, 1.0, 0.0, 0.0])
+    model(x, labels=labels, beta=beta).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.vit.layers)
+    model(x, labels=labels, beta=beta).loss.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, reference[name], rtol=0, atol=1e-6)
