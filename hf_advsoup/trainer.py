@@ -1,0 +1,619 @@
+"""Adversarial co-training (Eq. 2 of Rebuffi, Croce & Gowal, "Revisiting adapters with adversarial training", ICLR
+2023) as a :class:`~transformers.Trainer` subclass.
+
+Differences from :class:`~transformers.Trainer`:
+
+- **Loss** (:meth:`CoTrainer.compute_loss`): ``alpha * CE(f(x; psi + phi_clean), y) + (1 - alpha) *
+  CE(f(x_adv; psi + phi_adv), y)`` with label smoothing applied to (possibly soft, mixup/CutMix) targets. ``x_adv``
+  comes from the training attack (:func:`hf_advsoup.attacks.attack`) run on the *robust-mode* model (``beta=0``, the
+  adversarial adapter) in eval mode, through the unwrapped model (no DDP hooks). Clean and adversarial images then go
+  through **one** batched forward of the wrapped (DDP) model with a per-sample ``beta`` (1 for the clean half, 0 for
+  the adversarial half). ``alpha=1`` computes no attack, ``alpha=0`` runs no clean forward. The loss is a per-batch
+  mean, divided by the Trainer for gradient accumulation (``model_accepts_loss_kwargs = False``).
+- **Batch augmentation**: an optional ``batch_augmenter`` (:class:`hf_advsoup.augmentation.BatchAugmenter`:
+  RandAugment, mixup, CutMix) runs on ``[0, 1]`` pixels before the attack, so the attack sees the augmented images.
+- **Randomness**: augmentation and attack draw from a ``torch.Generator`` seeded by ``(seed, optimizer step,
+  micro-batch, process index)``, so ``--resume_from_checkpoint`` repeats them exactly.
+- **EMA** of the weights (:class:`WeightEMA`, ``ema_decay``): evaluation and :meth:`CoTrainer.save_model` use the EMA
+  weights; checkpoints keep the raw weights (``model.safetensors``) and the EMA (``ema.safetensors``) for resuming.
+- **Monitoring**: evaluation logs ``eval_clean_accuracy`` (clean mode, ``beta=1``, whole evaluation set) and
+  ``eval_robust_accuracy`` (robust mode, ``beta=0``, ``eval_attack`` on the first ``robust_eval_samples`` images)
+  plus ``eval_robust_mode_clean_accuracy`` on the same subset. :class:`CatastrophicOverfittingCallback` warns when
+  robust accuracy collapses (Figures 6 and 10: one-step attacks, fully shared model) and can stop the run and
+  restore the last good checkpoint.
+- **Safety**: a non-finite loss raises :class:`NonFiniteLossError` on every process (no silent skipping).
+- **Weight decay** follows MAE: none on biases, LayerNorms, classification tokens and position embeddings; both
+  copies of an adapter always get the same treatment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer, TrainerCallback, get_scheduler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
+
+from .attacks import Normalization, attack
+from .training_args import CoTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+EMA_WEIGHTS_NAME = "ema.safetensors"
+"""File holding the fp32 EMA of the weights inside a checkpoint folder (safetensors)."""
+
+BatchAugmenterFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+"""``(images01 (B, C, H, W), labels (B,), num_classes, generator) -> (images01, soft labels (B, num_classes))``."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the co-training loss is NaN or infinite (the run stops instead of skipping the batch)."""
+
+
+# ------------------------------------------------------------------------------------------------ loss (Eq. 2)
+def smoothed_targets(labels: torch.Tensor, num_labels: int, smoothing: float = 0.0) -> torch.Tensor:
+    """Probability targets of shape ``(batch, num_labels)`` (fp32): ``(1 - smoothing) * y + smoothing / num_labels``.
+
+    ``labels`` are class indices ``(batch,)`` or soft targets ``(batch, num_labels)`` (mixup/CutMix). Equal to the
+    label smoothing of :class:`~transformers.trainer_pt_utils.LabelSmoother` for hard labels.
+    """
+    if labels.is_floating_point() and labels.dim() == 2:
+        if labels.shape[1] != num_labels:
+            raise ValueError(f"Soft labels have {labels.shape[1]} classes but the model has {num_labels}.")
+        targets = labels.float()
+    elif labels.dim() == 1:
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
+            raise ValueError(
+                f"Labels must be class indices in [0, {num_labels}); got values in [{int(labels.min())}, "
+                f"{int(labels.max())}]. Check the label column and the model's num_labels."
+            )
+        targets = F.one_hot(labels.long(), num_labels).float()
+    else:
+        raise ValueError(f"labels must be (batch,) class indices or (batch, {num_labels}) soft labels, got "
+                         f"{tuple(labels.shape)}.")
+    if smoothing > 0:
+        targets = targets * (1.0 - smoothing) + smoothing / num_labels
+    return targets
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy ``-sum_k targets_k * log_softmax(logits)_k``, shape ``(batch,)``, computed in fp32."""
+    return -(targets * logits.float().log_softmax(dim=-1)).sum(dim=-1)
+
+
+def hard_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Class indices for the attack: the labels themselves, or the dominant class of soft (mixup) labels."""
+    return labels.argmax(dim=-1) if labels.dim() == 2 else labels.long()
+
+
+def step_generator(
+    seed: int, global_step: int, micro_step: int, process_index: int, device: torch.device, stream: int = 0
+) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded from ``(stream, seed, global_step, micro_step, process_index)``.
+
+    ``stream`` separates uses: 0 = training (augmentation, then attack), 1 = robust-accuracy monitoring.
+
+    ``numpy.random.SeedSequence`` mixes the tuple into 64 well-spread bits, so neighbouring steps and processes get
+    unrelated streams and a resumed run (same step numbers) gets the same ones.
+    """
+    words = np.random.SeedSequence([stream, seed, global_step, micro_step, process_index]).generate_state(2, np.uint32)
+    generator = torch.Generator(device=device)
+    generator.manual_seed((int(words[0]) << 32) | int(words[1]))
+    return generator
+
+
+# ------------------------------------------------------------------------------------------------ EMA
+class WeightEMA:
+    """Exponential moving average of the trainable weights in an fp32 shadow (the paper's EMA, momentum 0.9999).
+
+    ``shadow <- d * shadow + (1 - d) * weights`` after each optimizer step, with ``d = decay`` or, with ``warmup``,
+    ``min(decay, (1 + n) / (10 + n))`` at update ``n`` (TensorFlow's ``num_updates`` rule) so that short runs average
+    their recent weights rather than their initialisation. Parameters are matched by name; frozen parameters are not
+    tracked (they do not change).
+    """
+
+    def __init__(self, decay: float, warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}.")
+        self.decay = decay
+        self.warmup = warmup
+        self.num_updates = 0
+        self.shadow: dict[str, torch.Tensor] = {}
+
+    @property
+    def initialized(self) -> bool:
+        return bool(self.shadow)
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
+
+    @staticmethod
+    def _tracked(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((name, p) for name, p in model.named_parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def initialize(self, model: nn.Module) -> None:
+        self.shadow = {name: p.detach().float().clone() for name, p in self._tracked(model)}
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        if not self.initialized:
+            self.initialize(model)
+            return
+        weight = 1.0 - self.current_decay()
+        shadows, params = [], []
+        for name, p in self._tracked(model):
+            shadows.append(self.shadow[name])
+            params.append(p.detach().float())
+        torch._foreach_lerp_(shadows, params, weight)
+        self.num_updates += 1
+
+    @contextlib.contextmanager
+    def swapped(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Load the EMA weights into ``model`` for the duration of the block, then put the raw weights back."""
+        if not self.initialized:
+            yield model
+            return
+        backup = {}
+        with torch.no_grad():
+            for name, p in self._tracked(model):
+                backup[name] = p.detach().clone()
+                p.copy_(self.shadow[name])
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, p in self._tracked(model):
+                    p.copy_(backup[name])
+
+    def save(self, path: str) -> None:
+        tensors = {name: t.detach().cpu().contiguous() for name, t in self.shadow.items()}
+        save_file(tensors, path, metadata={"num_updates": str(self.num_updates), "decay": repr(self.decay)})
+
+    def load(self, path: str, model: nn.Module) -> None:
+        from safetensors import safe_open
+
+        tensors = load_file(path)
+        with safe_open(path, "pt") as handle:
+            metadata = handle.metadata() or {}
+        params = dict(self._tracked(model))
+        missing = sorted(set(params) - set(tensors))
+        if missing:
+            raise ValueError(f"{path} lacks EMA weights for {missing[:5]} (and {max(len(missing) - 5, 0)} more).")
+        self.shadow = {name: tensors[name].to(device=p.device, dtype=torch.float32) for name, p in params.items()}
+        self.num_updates = int(metadata.get("num_updates", 0))
+
+
+class EMACallback(TrainerCallback):
+    """Updates a :class:`WeightEMA` after each optimizer step and writes it into each checkpoint folder."""
+
+    def __init__(self, ema: WeightEMA):
+        self.ema = ema
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # A resumed run loaded its EMA in CoTrainer._load_from_checkpoint (called before this event).
+        if not self.ema.initialized:
+            self.ema.initialize(model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.ema.update(model)
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save and self.ema.initialized:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            self.ema.save(os.path.join(folder, EMA_WEIGHTS_NAME))
+
+
+# ------------------------------------------------------------------------------------------------ monitoring
+class CatastrophicOverfittingCallback(TrainerCallback):
+    """Watches ``eval_robust_accuracy`` for a collapse (catastrophic overfitting, Figures 6 and 10 of the paper).
+
+    A collapse is reported when, once the best robust accuracy has exceeded ``min_best``, an evaluation falls below
+    ``drop * best``. It logs a warning naming the likely causes; with ``stop=True`` it also stops training, prevents
+    the collapsed weights from being saved as a checkpoint, and records :attr:`last_good_checkpoint` (the last
+    checkpoint saved no later than the last good evaluation), which :class:`CoTrainer` restores after training.
+    """
+
+    def __init__(self, drop: float = 0.5, min_best: float = 0.05, stop: bool = False,
+                 metric: str = "eval_robust_accuracy"):
+        self.drop = drop
+        self.min_best = min_best
+        self.stop = stop
+        self.metric = metric
+        self.best: float | None = None
+        self.collapsed_at_step: int | None = None
+        self.last_good_eval_step: int | None = None
+        self.saved_steps: list[tuple[int, str]] = []
+
+    @property
+    def collapsed(self) -> bool:
+        return self.collapsed_at_step is not None
+
+    @property
+    def last_good_checkpoint(self) -> str | None:
+        if self.last_good_eval_step is None:
+            return None
+        good = [path for step, path in self.saved_steps if step <= self.last_good_eval_step and os.path.isdir(path)]
+        return good[-1] if good else None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(self.metric)
+        if value is None:
+            return
+        if self.best is not None and self.best >= self.min_best and value < self.drop * self.best:
+            if not self.collapsed:
+                self.collapsed_at_step = state.global_step
+            logger.warning(
+                "Catastrophic overfitting at step %d: robust accuracy %.4f fell below %.2f x the best (%.4f). "
+                "Typical causes (paper, Section 5.1 and Figure 6): a one-step attack with a large step (use "
+                "'pgd2', or N-FGSM/FAST-AT with step <= eps), or a fully shared model (adapter='none').%s",
+                state.global_step, value, self.drop, self.best,
+                " Stopping (stop_on_catastrophic_overfitting=True)." if self.stop else "",
+            )
+            if self.stop:
+                control.should_training_stop = True
+                control.should_save = False
+            return
+        self.best = value if self.best is None else max(self.best, value)
+        if not self.collapsed:
+            self.last_good_eval_step = state.global_step
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        self.saved_steps.append((state.global_step, folder))
+
+
+def compute_accuracy(eval_prediction: EvalPrediction) -> dict[str, float]:
+    """Top-1 accuracy of clean-mode predictions (``clean_accuracy``, a fraction in [0, 1]), computed offline."""
+    logits = eval_prediction.predictions
+    logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+    labels = np.asarray(eval_prediction.label_ids)
+    if labels.ndim == 2:
+        labels = labels.argmax(-1)
+    return {"clean_accuracy": float((np.asarray(logits).argmax(-1) == labels).mean())}
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+class CoTrainer(Trainer):
+    r"""Trainer for adversarial co-training of :class:`~hf_advsoup.AdvSoupViTForImageClassification` (Eq. 2).
+
+    Works for every adapter type, including ``"none"`` (the fully shared baseline: the two halves of the batch then
+    share all weights), and for ``alpha`` in [0, 1]: nominal (1), adversarial (0), co-training (in between).
+
+    Args:
+        model: an :class:`~hf_advsoup.AdvSoupViTForImageClassification` (any model whose forward takes
+            ``pixel_values`` and a per-sample ``beta`` works).
+        args: :class:`~hf_advsoup.CoTrainingArguments`.
+        normalization: the image processor's mean/std, to move between model inputs and [0, 1] pixels (attacks
+            and augmentation work in pixel space). Default: read from ``processing_class``.
+        batch_augmenter: optional batch augmentation on [0, 1] pixels, e.g.
+            :class:`~hf_advsoup.augmentation.BatchAugmenter` (RandAugment, mixup, CutMix).
+        **kwargs: everything :class:`~transformers.Trainer` takes (``train_dataset``, ``eval_dataset``,
+            ``data_collator``, ``processing_class``, ``callbacks``, ...). ``compute_metrics`` defaults to
+            :func:`compute_accuracy`.
+
+    Example:
+
+    ```python
+    >>> trainer = CoTrainer(model=model, args=CoTrainingArguments(output_dir="runs/x", alpha=0.5),
+    ...                     train_dataset=train, eval_dataset=val, data_collator=collate_fn,
+    ...                     processing_class=image_processor)
+    >>> trainer.train()
+    >>> trainer.evaluate()  # {"eval_clean_accuracy": ..., "eval_robust_accuracy": ..., ...}
+    >>> trainer.save_model()  # EMA weights + image processor
+    ```
+    """
+
+    args: CoTrainingArguments
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: CoTrainingArguments | None = None,
+        *,
+        normalization: Normalization | None = None,
+        batch_augmenter: BatchAugmenterFn | None = None,
+        **kwargs,
+    ):
+        if not isinstance(args, CoTrainingArguments):
+            raise TypeError(f"CoTrainer needs CoTrainingArguments, got {type(args).__name__}.")
+        kwargs.setdefault("compute_metrics", compute_accuracy)
+        super().__init__(model=model, args=args, **kwargs)
+        # Our forward has **kwargs, so Trainer would assume compute_loss already divides by the accumulation steps
+        # (gradients GA times too large). Eq. 2 is a per-batch mean: let the Trainer divide it.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        if normalization is None:
+            processor = self.processing_class
+            if processor is None or getattr(processor, "image_mean", None) is None:
+                raise ValueError(
+                    "CoTrainer needs the image normalization (attacks and augmentation work on [0, 1] pixels): pass "
+                    "normalization=Normalization(mean, std) or processing_class=<the image processor>."
+                )
+            normalization = Normalization.from_processor(processor)
+        self.normalization = normalization
+        self.batch_augmenter = batch_augmenter
+        self.train_attack = args.train_attack_config() if args.alpha < 1.0 else None
+        self.eval_attack = args.eval_attack_config()
+        self.ema = WeightEMA(args.ema_decay, args.ema_warmup) if args.ema_decay > 0 else None
+        if self.ema is not None:
+            self.add_callback(EMACallback(self.ema))
+        self.overfitting_monitor = CatastrophicOverfittingCallback(
+            drop=args.catastrophic_overfitting_drop,
+            min_best=args.catastrophic_overfitting_min_best,
+            stop=args.stop_on_catastrophic_overfitting,
+        )
+        self.add_callback(self.overfitting_monitor)
+        self._rng_position: tuple[int, int] | None = None
+        self._loss_parts = {"clean_loss": 0.0, "adversarial_loss": 0.0}
+        self._loss_counts = {"clean_loss": 0, "adversarial_loss": 0}
+
+    # -------------------------------------------------------------- loss
+    @property
+    def num_labels(self) -> int:
+        return int(self.accelerator.unwrap_model(self.model).config.num_labels)
+
+    def _training_generator(self, device: torch.device) -> torch.Generator:
+        step = self.state.global_step
+        micro = 0 if self._rng_position is None or self._rng_position[0] != step else self._rng_position[1] + 1
+        self._rng_position = (step, micro)
+        return step_generator(self.args.seed, step, micro, self.args.process_index, device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Eq. 2 in training mode; the clean-mode loss (first term) in evaluation mode (``prediction_step``).
+
+        ``inputs``: ``pixel_values`` (batch, C, H, W), normalized; ``labels`` (batch,) class indices or
+        (batch, num_labels) soft labels. Returns the mean loss (and the outputs of the batched forward, whose
+        first ``batch`` logits are clean mode on clean images and the last ``batch`` robust mode on adversarial
+        images when ``0 < alpha < 1``).
+        """
+        pixel_values = inputs["pixel_values"]
+        labels = inputs.get("labels")
+        if labels is None:
+            raise ValueError("CoTrainer needs labels in every batch (a 'labels' entry from the collator).")
+        smoothing = self.args.label_smoothing_factor
+        if not model.training:
+            outputs = model(pixel_values=pixel_values, beta=1.0)
+            targets = smoothed_targets(labels, outputs.logits.shape[-1], smoothing)
+            loss = soft_cross_entropy(outputs.logits, targets).mean()
+            return (loss, outputs) if return_outputs else loss
+
+        num_labels = self.num_labels
+        generator = self._training_generator(pixel_values.device)
+        if self.batch_augmenter is not None:
+            images = self.normalization.to_pixels(pixel_values)
+            images, labels = self.batch_augmenter(images, labels, num_labels, generator)
+            pixel_values = self.normalization.to_model(images).to(pixel_values.dtype)
+        targets = smoothed_targets(labels, num_labels, smoothing)
+        alpha = self.args.alpha
+        batch = pixel_values.shape[0]
+
+        halves, betas = [], []
+        if alpha > 0:
+            halves.append(pixel_values)
+            betas.append(1.0)
+        if alpha < 1:
+            # The inner max of Eq. 2 is taken through the adversarial-token (robust-mode) model, unwrapped so that
+            # no DDP hook fires; attack() runs it in eval mode with frozen weights and restores both.
+            adversarial = attack(
+                self.accelerator.unwrap_model(model),
+                pixel_values,
+                hard_labels(labels),
+                self.train_attack,
+                normalization=self.normalization,
+                forward_kwargs={"beta": 0.0},
+                generator=generator,
+            )
+            halves.append(adversarial)
+            betas.append(0.0)
+        if len(halves) == 2:
+            # One forward of the wrapped model on both halves: one DDP reduction, one autocast region.
+            inputs_all = torch.cat(halves)
+            beta = torch.cat([torch.full((batch,), b, device=pixel_values.device) for b in betas])
+            targets_all = torch.cat([targets, targets])
+        else:
+            # A scalar beta still puts both adapter copies in the graph (1*clean + 0*adv), so DDP sees every
+            # parameter used, and is cheaper than per-sample adapters.
+            inputs_all, beta, targets_all = halves[0], betas[0], targets
+        outputs = model(pixel_values=inputs_all, beta=beta)
+        per_sample = soft_cross_entropy(outputs.logits, targets_all)
+        clean_loss = per_sample[:batch].mean() if alpha > 0 else None
+        adversarial_loss = per_sample[-batch:].mean() if alpha < 1 else None
+        if clean_loss is None:
+            loss = adversarial_loss
+        elif adversarial_loss is None:
+            loss = clean_loss
+        else:
+            loss = alpha * clean_loss + (1.0 - alpha) * adversarial_loss
+        self._check_finite(loss, clean_loss, adversarial_loss)
+        for name, value in (("clean_loss", clean_loss), ("adversarial_loss", adversarial_loss)):
+            if value is not None:
+                self._loss_parts[name] += float(value.detach())
+                self._loss_counts[name] += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def _check_finite(self, loss, clean_loss, adversarial_loss) -> None:
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.args.world_size > 1:
+            # Every process must stop together, or the others wait forever in the next gradient reduction.
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            parts = ", ".join(
+                f"{name}={float(v.detach()):.4g}"
+                for name, v in (("clean_loss", clean_loss), ("adversarial_loss", adversarial_loss))
+                if v is not None
+            )
+            raise NonFiniteLossError(
+                f"Non-finite co-training loss at optimizer step {self.state.global_step} (epoch "
+                f"{self.state.epoch or 0:.2f}; on this process: loss={float(loss.detach()):.4g}"
+                f"{', ' + parts if parts else ''}; learning rate {self._current_lr():.3g}). Training stopped. Check "
+                "the inputs for NaN/inf, lower the learning rate or raise warm-up, keep max_grad_norm > 0, and "
+                "prefer bf16 over fp16. The last checkpoint (if any) is intact; resume with "
+                "--resume_from_checkpoint."
+            )
+
+    def _current_lr(self) -> float:
+        try:
+            return float(self._get_learning_rate())
+        except Exception:  # noqa: BLE001 - only used to enrich an error message
+            return float("nan")
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            # The two terms of Eq. 2 (this process's average since the last log), next to the total.
+            for name, total in self._loss_parts.items():
+                if self._loss_counts[name]:
+                    logs[name] = round(total / self._loss_counts[name], 4)
+                self._loss_parts[name], self._loss_counts[name] = 0.0, 0
+        super().log(logs, start_time)
+
+    # -------------------------------------------------------------- optimizer and schedule
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Transformers' rule (no decay on biases and LayerNorms) minus classification tokens and position
+        embeddings (MAE), with each adversarial adapter copy treated like its clean copy."""
+        names = set(super().get_decay_parameter_names(model))
+        unwrapped = self.accelerator.unwrap_model(model)
+        by_id = {id(p): name for name, p in model.named_parameters()}
+        for name, _ in model.named_parameters():
+            if name.endswith(("cls_token", "position_embeddings")):
+                names.discard(name)
+        if hasattr(unwrapped, "clean_adapter") and hasattr(unwrapped, "adversarial_adapter_parameters"):
+            clean, adversarial = unwrapped.clean_adapter(), unwrapped.adversarial_adapter_parameters()
+            for key, clean_param in clean.items():
+                clean_name, adv_name = by_id.get(id(clean_param)), by_id.get(id(adversarial[key]))
+                if clean_name is None or adv_name is None:
+                    continue
+                if clean_name in names:
+                    names.add(adv_name)
+                else:
+                    names.discard(adv_name)
+        return sorted(names)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None and self.args.warmup_epochs is not None:
+            dataset_size = len(self.train_dataset) if self.train_dataset is not None else 0
+            steps_per_epoch = max(math.ceil(dataset_size / self.args.global_train_batch_size), 1)
+            self.lr_scheduler = get_scheduler(
+                self.args.lr_scheduler_type,
+                optimizer=optimizer if optimizer is not None else self.optimizer,
+                num_warmup_steps=self.args.warmup_steps_for(steps_per_epoch, num_training_steps),
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+            )
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    # -------------------------------------------------------------- evaluation
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """:meth:`~transformers.Trainer.evaluate` with the EMA weights (when EMA is on and training has begun)."""
+        if self.ema is None or not self.ema.initialized:
+            return super().evaluate(*args, **kwargs)
+        with self.ema.swapped(self.model):
+            return super().evaluate(*args, **kwargs)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        if self.eval_attack is not None and self.args.robust_eval_samples > 0:
+            for key, value in self.robust_metrics(dataloader).items():
+                output.metrics[f"{metric_key_prefix}_{key}"] = value
+        return output
+
+    def robust_metrics(self, dataloader) -> dict[str, float]:
+        """Robust-mode accuracy under ``eval_attack`` on the first ``robust_eval_samples`` images of ``dataloader``.
+
+        Returns ``robust_accuracy`` (adversarial images, ``beta=0``), ``robust_mode_clean_accuracy`` (clean images,
+        ``beta=0``) and ``robust_eval_samples`` (images used, summed over processes). The attack randomness is
+        seeded by ``args.seed`` so every evaluation attacks the same images in the same way.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        quota = math.ceil(self.args.robust_eval_samples / max(self.args.world_size, 1))
+        device = self.args.device
+        generator = step_generator(self.args.seed, 0, 0, self.args.process_index, device, stream=1)
+        counts = torch.zeros(3, device=device, dtype=torch.float64)  # robust correct, clean correct, seen
+        for inputs in dataloader:
+            if counts[2] >= quota:
+                break
+            inputs = self._prepare_inputs(inputs)
+            take = int(quota - counts[2])
+            pixel_values, labels = inputs["pixel_values"][:take], hard_labels(inputs["labels"][:take])
+            with torch.enable_grad():
+                adversarial = attack(model, pixel_values, labels, self.eval_attack, normalization=self.normalization,
+                                     forward_kwargs={"beta": 0.0}, generator=generator)
+            with torch.no_grad():
+                robust_pred = model(pixel_values=adversarial, beta=0.0).logits.argmax(-1)
+                clean_pred = model(pixel_values=pixel_values, beta=0.0).logits.argmax(-1)
+            counts += torch.stack([(robust_pred == labels).sum(), (clean_pred == labels).sum(),
+                                   torch.tensor(labels.shape[0], device=labels.device)]).to(counts)
+        if self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        seen = max(float(counts[2]), 1.0)
+        return {
+            "robust_accuracy": float(counts[0]) / seen,
+            "robust_mode_clean_accuracy": float(counts[1]) / seen,
+            "robust_eval_samples": int(counts[2]),
+        }
+
+    # -------------------------------------------------------------- saving, resuming, stopping
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model with its **EMA** weights (when EMA is on). Checkpoints (``_internal_call``) keep the raw
+        weights, plus ``ema.safetensors`` written by :class:`EMACallback`, so that resuming is exact."""
+        if _internal_call or self.ema is None or not self.ema.initialized:
+            return super().save_model(output_dir, _internal_call)
+        with self.ema.swapped(self.model):
+            return super().save_model(output_dir, _internal_call)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.ema is None:
+            return
+        path = os.path.join(resume_from_checkpoint, EMA_WEIGHTS_NAME)
+        if os.path.isfile(path):
+            self.ema.load(path, self.accelerator.unwrap_model(self.model))
+        else:
+            logger.warning("%s has no %s: the EMA restarts from the checkpoint's weights.", resume_from_checkpoint,
+                           EMA_WEIGHTS_NAME)
+            self.ema.shadow = {}
+
+    def train(self, *args, **kwargs):
+        """:meth:`~transformers.Trainer.train`; after a stop for catastrophic overfitting, the weights (and EMA) of
+        the last good checkpoint are restored, so :meth:`save_model` saves them."""
+        output = super().train(*args, **kwargs)
+        monitor = self.overfitting_monitor
+        if monitor.collapsed and monitor.stop:
+            good = monitor.last_good_checkpoint
+            if good is None:
+                logger.warning("Catastrophic overfitting stopped the run but no checkpoint precedes it; the "
+                               "collapsed weights are kept. Save more often (save_steps <= eval_steps).")
+            else:
+                logger.warning("Restoring the last good checkpoint %s (before the collapse at step %d).", good,
+                               monitor.collapsed_at_step)
+                self._load_from_checkpoint(good)
+        return output
+
+
+__all__ = [
+    "CoTrainer",
+    "CatastrophicOverfittingCallback",
+    "EMACallback",
+    "NonFiniteLossError",
+    "WeightEMA",
+    "compute_accuracy",
+    "hard_labels",
+    "smoothed_targets",
+    "soft_cross_entropy",
+    "step_generator",
+]

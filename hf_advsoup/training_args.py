@@ -1,0 +1,296 @@
+"""Arguments of adversarial co-training (:class:`~hf_advsoup.trainer.CoTrainer`).
+
+:class:`CoTrainingArguments` is a :class:`~transformers.TrainingArguments` subclass, parsed by
+:class:`~transformers.HfArgumentParser` from the command line or from YAML/JSON recipe files (see
+``scripts/configs/``). It adds what the co-training loss (Eq. 2 of Rebuffi et al., "Revisiting adapters with
+adversarial training", ICLR 2023) and the paper's recipe (appendix A) need, and changes some defaults of
+``TrainingArguments`` to the paper's values:
+
+==========================  =======================  ======================================================
+field                       default here             paper (appendix A)
+==========================  =======================  ======================================================
+``adam_beta2``              0.95                     AdamW betas (0.9, 0.95)
+``weight_decay``            0.3                      0.3
+``lr_scheduler_type``       ``"cosine"``             cosine decay
+``label_smoothing_factor``  0.1                      0.1
+``base_learning_rate``      ``None`` (off)           1e-4 (ImageNet ViT-B16), 2e-4 (small data sets, ViT-S),
+                                                     linearly scaled by ``global batch / 256``
+``warmup_epochs``           ``None`` (off)           20 of 300 epochs
+``ema_decay``               0.9999                   0.9999
+``alpha``                   0.5                      0.5 in Table 1, best 0.4
+``train_attack``            ``"pgd2"``               PGD-2, l_inf, eps 4/255, step 2.5/255
+==========================  =======================  ======================================================
+
+Epsilons and attack step sizes are always in **pixel units of [0, 1] images** (``"4/255"`` is accepted), never in
+the normalized units the model sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+_REFERENCE_BATCH = 256
+"""Batch size of the linear learning-rate scaling rule (Goyal et al. 2017): ``lr = base_lr * batch / 256``."""
+
+
+@dataclass
+class CoTrainingArguments(TrainingArguments):
+    r"""Training arguments of :class:`~hf_advsoup.CoTrainer` (adversarial co-training, Eq. 2).
+
+    Every :class:`~transformers.TrainingArguments` field is accepted; the defaults of ``adam_beta2``,
+    ``weight_decay``, ``lr_scheduler_type``, ``label_smoothing_factor`` and ``remove_unused_columns`` are the paper's
+    (see the module docstring). Attack fields left at ``None`` take the preset's value
+    (:meth:`hf_advsoup.attacks.AttackConfig.from_preset`).
+
+    Example:
+
+    ```python
+    >>> from hf_advsoup.training_args import CoTrainingArguments
+    >>> args = CoTrainingArguments(output_dir="runs/x", alpha=0.4, train_attack="pgd2", train_epsilon="4/255",
+    ...                            base_learning_rate=2e-4, per_device_train_batch_size=128)
+    >>> args.learning_rate  # 2e-4 * 128 / 256 on one process
+    0.0001
+    ```
+    """
+
+    # ------------------------------------------------------------------ co-training (Eq. 2)
+    alpha: float = field(
+        default=0.5,
+        metadata={
+            "help": "Co-training weight alpha of Eq. 2 (unitless, in [0, 1]): loss = alpha * CE(clean images, clean "
+            "mode) + (1 - alpha) * CE(adversarial images, robust mode). 1 = nominal training (no attack is "
+            "computed), 0 = pure adversarial training (no clean forward). Paper: 0.5 in Table 1, best 0.4."
+        },
+    )
+    # ------------------------------------------------------------------ training attack
+    train_attack: str = field(
+        default="pgd2",
+        metadata={
+            "help": "Preset of the attack that makes the adversarial half of each batch (see "
+            "hf_advsoup.attacks.AttackConfig.from_preset; e.g. 'pgd2', 'pgd5', 'fgsm', 'nfgsm'). It attacks the "
+            "robust-mode (adversarial-token) model in eval mode. Paper: 'pgd2' (l_inf, eps 4/255, 2 steps of 2.5/255)."
+        },
+    )
+    train_attack_norm: str | None = field(
+        default=None,
+        metadata={"help": "Threat model of the training attack: 'linf' or 'l2'. Default: the preset's ('linf')."},
+    )
+    train_epsilon: str | None = field(
+        default=None,
+        metadata={
+            "help": "Radius of the training attack in pixel units of [0, 1] images, as a number or fraction "
+            "('4/255'). Default: the preset's. Paper: 4/255 (l_inf); {1, 2, 4, 8} for l_2; {4, 8, 12}/255 targeted."
+        },
+    )
+    train_attack_steps: int | None = field(
+        default=None,
+        metadata={"help": "Number of attack iterations (forward+backward passes). Default: the preset's. Paper: 2."},
+    )
+    train_attack_step_size: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attack step size in pixel units of [0, 1] images, number or fraction ('2.5/255'). Default: "
+            "the preset's. Paper: 2.5/255 for PGD-2, 1/255 for PGD-5."
+        },
+    )
+    train_attack_targeted: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Attack towards a random target class (as AdvProp) instead of away from the label. Default: the "
+            "preset's (untargeted)."
+        },
+    )
+    train_attack_random_start: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Start the attack from a uniformly random point of the eps-ball. Default: the preset's (True for "
+            "PGD-2, as in the paper). Its randomness is drawn from a generator seeded by (seed, optimizer step, "
+            "micro-batch, process index), so a resumed run repeats it."
+        },
+    )
+    # ------------------------------------------------------------------ monitoring
+    eval_attack: str | None = field(
+        default="pgd40",
+        metadata={
+            "help": "Preset of the attack used to monitor robust accuracy (robust mode, beta=0) during evaluation, "
+            "on a fixed subset of the evaluation set (robust_eval_samples). None disables robust monitoring. Paper: "
+            "PGD-40 ('pgd40', Adam, step 0.1 decayed 10x at steps 20 and 30); use eval_attack_steps or 'pgd5' for "
+            "cheaper monitoring."
+        },
+    )
+    eval_epsilon: str | None = field(
+        default=None,
+        metadata={"help": "Radius of the monitoring attack in pixel units ('4/255'). Default: the preset's."},
+    )
+    eval_attack_steps: int | None = field(
+        default=None, metadata={"help": "Iterations of the monitoring attack. Default: the preset's."}
+    )
+    robust_eval_samples: int = field(
+        default=256,
+        metadata={
+            "help": "Number of evaluation images (the first ones of the evaluation set, summed over processes) on "
+            "which robust accuracy is measured at each evaluation. 0 disables robust monitoring."
+        },
+    )
+    catastrophic_overfitting_drop: float = field(
+        default=0.5,
+        metadata={
+            "help": "Catastrophic overfitting is reported when robust accuracy falls below this fraction of the best "
+            "robust accuracy seen so far (unitless, in (0, 1)); e.g. 0.5 = it halved. Paper (Figure 6, 10): "
+            "one-step attacks with large steps and the fully shared model collapse to ~0%."
+        },
+    )
+    catastrophic_overfitting_min_best: float = field(
+        default=0.05,
+        metadata={
+            "help": "Only report catastrophic overfitting once the best robust accuracy has exceeded this value "
+            "(fraction in [0, 1]); avoids false alarms while robust accuracy is still at chance early in training."
+        },
+    )
+    stop_on_catastrophic_overfitting: bool = field(
+        default=False,
+        metadata={
+            "help": "Stop training when catastrophic overfitting is detected; the collapsed weights are not saved as "
+            "a checkpoint and the last good checkpoint is restored (scripts/cotrain.py saves it as the final model)."
+        },
+    )
+    # ------------------------------------------------------------------ recipe (appendix A)
+    base_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Base learning rate of the linear scaling rule: learning_rate = base_learning_rate * global "
+            "batch / 256, global batch = per_device_train_batch_size * processes * gradient_accumulation_steps. "
+            "Overrides learning_rate when set. Paper: 1e-4 (ImageNet ViT-B16, batch 4096 -> 1.6e-3), 2e-4 "
+            "(small data sets, ViT-S, batch 1024)."
+        },
+    )
+    warmup_epochs: float | None = field(
+        default=None,
+        metadata={
+            "help": "Linear learning-rate warm-up in epochs (overrides warmup_steps when set). Paper: 20 (of 300)."
+        },
+    )
+    ema_decay: float = field(
+        default=0.9999,
+        metadata={
+            "help": "Decay of the exponential moving average of the weights, per optimizer step (unitless, in "
+            "[0, 1)); the EMA weights are used for evaluation and for the saved model. 0 disables EMA. Paper: 0.9999."
+        },
+    )
+    ema_warmup: bool = field(
+        default=True,
+        metadata={
+            "help": "Use decay min(ema_decay, (1 + n) / (10 + n)) at update n, so that short runs get a useful "
+            "average (with 0.9999 the EMA needs ~10k steps to forget its initialisation). The paper does not say; "
+            "it makes no difference after ~100k steps."
+        },
+    )
+    # ------------------------------------------------------------------ paper defaults of TrainingArguments fields
+    adam_beta2: float = field(
+        default=0.95, metadata={"help": "AdamW second-moment decay (unitless). Paper: 0.95 (betas 0.9, 0.95)."}
+    )
+    weight_decay: float = field(
+        default=0.3,
+        metadata={
+            "help": "AdamW decoupled weight decay (unitless). Not applied to biases, LayerNorms, classification "
+            "tokens and position embeddings (MAE recipe); both copies of an adapter are treated alike. Paper: 0.3."
+        },
+    )
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": "Learning-rate schedule after warm-up. Paper: 'cosine'."}
+    )
+    label_smoothing_factor: float = field(
+        default=0.1,
+        metadata={
+            "help": "Label smoothing of both terms of Eq. 2 (unitless, in [0, 1)): targets become (1 - s) * y + s / "
+            "num_labels, also for soft mixup/CutMix targets. Paper: 0.1."
+        },
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep all dataset columns: on-the-fly transforms (set_transform) need the raw image column."
+        },
+    )
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (1 = nominal, 0 = adversarial training), got {self.alpha}.")
+        self.alpha = float(self.alpha)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 disables EMA), got {self.ema_decay}.")
+        if not 0.0 <= self.label_smoothing_factor < 1.0:
+            raise ValueError(f"label_smoothing_factor must be in [0, 1), got {self.label_smoothing_factor}.")
+        if not 0.0 < self.catastrophic_overfitting_drop < 1.0:
+            raise ValueError(
+                f"catastrophic_overfitting_drop must be in (0, 1), got {self.catastrophic_overfitting_drop}."
+            )
+        if self.robust_eval_samples < 0:
+            raise ValueError(f"robust_eval_samples must be >= 0, got {self.robust_eval_samples}.")
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}.")
+        # Build both attacks now: a typo in a preset name or an epsilon of 4 (meaning 4/255) fails at parse time,
+        # with the attacks module's message, not hours into a run.
+        if self.alpha < 1.0:
+            self.train_attack_config()
+        self.eval_attack_config()
+        super().__post_init__()
+        if self.base_learning_rate is not None:
+            if self.base_learning_rate <= 0:
+                raise ValueError(f"base_learning_rate must be > 0, got {self.base_learning_rate}.")
+            self.learning_rate = self.base_learning_rate * self.global_train_batch_size / _REFERENCE_BATCH
+            logger.info(
+                "Linear scaling rule: learning_rate = %g * %d / %d = %g",
+                self.base_learning_rate,
+                self.global_train_batch_size,
+                _REFERENCE_BATCH,
+                self.learning_rate,
+            )
+
+    @property
+    def global_train_batch_size(self) -> int:
+        """Images per optimizer step over all processes (clean images; the attack doubles the forward batch)."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * max(self.world_size, 1)
+
+    def warmup_steps_for(self, num_update_steps_per_epoch: int, num_training_steps: int) -> int:
+        """Warm-up length in optimizer steps: ``warmup_epochs`` converted with the epoch length, else
+        :meth:`~transformers.TrainingArguments.get_warmup_steps`."""
+        if self.warmup_epochs is None:
+            return self.get_warmup_steps(num_training_steps)
+        return min(math.ceil(self.warmup_epochs * num_update_steps_per_epoch), num_training_steps)
+
+    # ------------------------------------------------------------------ attacks
+    def train_attack_config(self):
+        """The :class:`~hf_advsoup.attacks.AttackConfig` of the training attack (preset + overrides)."""
+        return _attack_config(
+            self.train_attack,
+            norm=self.train_attack_norm,
+            epsilon=self.train_epsilon,
+            steps=self.train_attack_steps,
+            step_size=self.train_attack_step_size,
+            targeted=self.train_attack_targeted,
+            random_start=self.train_attack_random_start,
+        )
+
+    def eval_attack_config(self):
+        """The :class:`~hf_advsoup.attacks.AttackConfig` used for robust-accuracy monitoring, or ``None``."""
+        if self.eval_attack is None or self.robust_eval_samples == 0:
+            return None
+        return _attack_config(self.eval_attack, epsilon=self.eval_epsilon, steps=self.eval_attack_steps)
+
+
+def _attack_config(preset: str, **overrides):
+    """``AttackConfig.from_preset(preset, **overrides)`` with the ``None`` overrides dropped (they keep the preset's
+    value). Overriding only the epsilon rescales the preset's step size with it (see ``from_preset``)."""
+    from .attacks import AttackConfig
+
+    return AttackConfig.from_preset(preset, **{k: v for k, v in overrides.items() if v is not None})
+
+
+__all__ = ["CoTrainingArguments"]
