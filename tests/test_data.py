@@ -1,0 +1,411 @@
+"""Tests of hf_advsoup.data: loading, schema detection, RGB conversion, presets, transforms, collation.
+
+Every data set is built in process or in tmp_path; nothing touches the network (Hub loads are monkeypatched).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_advsoup import data as data_module
+from hf_advsoup.data import (
+    DATASET_PRESETS,
+    DataArguments,
+    DatasetUnavailableError,
+    build_transforms,
+    collate_fn,
+    detect_columns,
+    load_digits_dataset,
+    load_image_dataset,
+    set_image_transforms,
+    to_rgb,
+)
+
+SIZE_MEAN_STD = (16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(to_rgb(image))
+
+
+def _image_dataset(num: int = 12, num_classes: int = 3, image_column: str = "image", label_column: str = "label",
+                   seed: int = 0, class_label: bool = True) -> datasets.Dataset:
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 256, (10, 8, 3), dtype=np.uint8)) for _ in range(num)]
+    labels = [i % num_classes for i in range(num)]
+    label_feature = (
+        datasets.ClassLabel(names=[f"c{i}" for i in range(num_classes)]) if class_label else datasets.Value("int64")
+    )
+    features = datasets.Features({image_column: datasets.Image(), label_column: label_feature})
+    return datasets.Dataset.from_dict({image_column: images, label_column: labels}, features=features)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# to_rgb
+# ---------------------------------------------------------------------------------------------------------------
+def test_to_rgb_grayscale_and_binary():
+    gray = Image.fromarray(np.array([[0, 100], [200, 255]], dtype=np.uint8), mode="L")
+    out = _rgb_array(gray)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    assert (out[..., 0] == np.array([[0, 100], [200, 255]])).all() and (out[..., 0] == out[..., 2]).all()
+    binary = gray.convert("1")
+    assert to_rgb(binary).mode == "RGB"
+
+
+def test_to_rgb_alpha_composites_on_white():
+    rgba = Image.new("RGBA", (2, 1), (255, 0, 0, 255))
+    rgba.putpixel((1, 0), (0, 0, 0, 0))  # fully transparent black: must become white, not black
+    out = _rgb_array(rgba)
+    assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[0, 1]) == (255, 255, 255)
+    half = _rgb_array(Image.new("LA", (1, 1), (0, 128)))
+    assert 120 <= half[0, 0, 0] <= 135  # black at half opacity over white: mid gray
+    palette = Image.new("P", (1, 1), 0)
+    palette.putpalette([10, 20, 30] * 256)
+    palette.info["transparency"] = 0
+    assert tuple(_rgb_array(palette)[0, 0]) == (255, 255, 255)
+
+
+def test_to_rgb_cmyk():
+    cmyk = Image.new("CMYK", (2, 2), (0, 255, 255, 0))  # pure red in CMYK
+    out = _rgb_array(cmyk)
+    assert tuple(out[0, 0]) == (255, 0, 0)
+
+
+def test_to_rgb_16bit_scales_instead_of_clipping():
+    values = np.array([[0, 257 * 128], [65535, 257 * 10]], dtype=np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    out = _rgb_array(image)[..., 0]
+    assert out.tolist() == [[0, 128], [255, 10]]
+    # Pillow's own conversion would clip everything above 255 to white; ours keeps the ordering.
+    as_int = Image.fromarray(values.astype(np.int32), mode="I")
+    assert _rgb_array(as_int)[..., 0].tolist() == [[0, 128], [255, 10]]
+    eight_bit_in_int = Image.fromarray(np.array([[0, 200]], dtype=np.int32), mode="I")
+    assert _rgb_array(eight_bit_in_int)[..., 0].tolist() == [[0, 200]]
+
+
+def test_to_rgb_float():
+    unit = Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32), mode="F")
+    assert _rgb_array(unit)[..., 0].tolist() == [[0, 128, 255]]
+    wide = Image.fromarray(np.array([[-1.0, 1000.0]], dtype=np.float32), mode="F")
+    assert _rgb_array(wide)[..., 0].tolist() == [[0, 255]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embedded digits
+# ---------------------------------------------------------------------------------------------------------------
+def test_load_digits_dataset_is_deterministic_and_complete():
+    first = load_digits_dataset(seed=0)
+    assert set(first) == {"train", "validation"}
+    assert len(first["train"]) + len(first["validation"]) == 1797
+    assert len(first["validation"]) == 360
+    assert first["train"].features["label"].names == [str(i) for i in range(10)]
+    image = first["train"][0]["image"]
+    assert image.mode == "L" and image.size == (8, 8)
+    assert max(np.asarray(first["train"][i]["image"]).max() for i in range(20)) == 255
+    again = load_digits_dataset(seed=0)
+    assert first["validation"]["label"] == again["validation"]["label"]
+    assert np.array_equal(np.asarray(first["validation"][5]["image"]), np.asarray(again["validation"][5]["image"]))
+    other = load_digits_dataset(seed=1)
+    assert first["validation"]["label"] != other["validation"]["label"]
+    # Stratified: every class is in the validation split.
+    assert set(first["validation"]["label"]) == set(range(10))
+
+
+def test_default_arguments_load_digits_offline():
+    dd = load_image_dataset(DataArguments())
+    assert list(dd) == ["train", "validation"]
+    assert dd["train"].column_names == ["image", "label"]
+    assert dd.report.source == "preset:digits" and dd.report.total_corrupt_images == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad data in an image folder
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture()
+def messy_folder(tmp_path):
+    root = tmp_path / "messy"
+    (root / "cat").mkdir(parents=True)
+    (root / "dog").mkdir(parents=True)
+    Image.fromarray(np.full((12, 10), 80, dtype=np.uint8), mode="L").save(root / "cat" / "gray.png")
+    Image.new("RGBA", (9, 7), (255, 0, 0, 0)).save(root / "cat" / "rgba.png")
+    Image.new("CMYK", (11, 11), (0, 255, 255, 0)).save(root / "dog" / "cmyk.jpg")
+    Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)).save(root / "dog" / "deep.png")
+    (root / "dog" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    return root
+
+
+def test_imagefolder_bad_data_is_converted_and_corrupt_files_counted(messy_folder, tmp_path, caplog):
+    args = DataArguments(dataset_name=str(messy_folder), dataset_cache_dir=str(tmp_path / "cache"),
+                         validation_fraction=0.25)
+    with caplog.at_level(logging.WARNING, logger="hf_advsoup.data"):
+        dd = load_image_dataset(args)
+    assert dd.report.num_corrupt_images["train"] == 1
+    assert any("corrupt.png" in path for path in dd.report.corrupt_examples)
+    assert "corrupt" in caplog.text
+    assert sum(len(split) for split in dd.values()) == 4  # 5 files, 1 corrupt
+    assert dd["train"].features["label"].names == ["cat", "dog"]
+    assert dd.report.splits["validation"].startswith("train[carved")
+    set_image_transforms(dd, SIZE_MEAN_STD, args)
+    for split in dd.values():
+        for example in split:
+            assert example["pixel_values"].shape == (3, 16, 16)
+            assert torch.isfinite(example["pixel_values"]).all()
+            assert example["pixel_values"].min() >= -1.0 and example["pixel_values"].max() <= 1.0
+
+
+def test_corrupt_image_skipped_at_transform_time_when_not_verified(messy_folder, tmp_path, caplog):
+    args = DataArguments(dataset_name=str(messy_folder), dataset_cache_dir=str(tmp_path / "cache"),
+                         validation_fraction=0.25, verify_images=False)
+    dd = load_image_dataset(args)
+    assert sum(len(split) for split in dd.values()) == 5  # nothing removed up front
+    set_image_transforms(dd, SIZE_MEAN_STD, args)
+    examples = [example for split in dd.values() for example in split]
+    with caplog.at_level(logging.WARNING, logger="hf_advsoup.data"):
+        batch = collate_fn(examples)
+    assert batch["pixel_values"].shape == (4, 3, 16, 16)  # the corrupt image never reaches a batch
+    assert "Dropped 1 undecodable" in caplog.text
+    with pytest.raises(RuntimeError, match="failed to decode"):
+        collate_fn([{"pixel_values": None, "labels": 0}])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schema detection
+# ---------------------------------------------------------------------------------------------------------------
+def test_detect_columns_by_name_type_and_flag():
+    feats = _image_dataset(image_column="picture", label_column="target").features
+    assert detect_columns(feats) == ("picture", "target")
+    typed = _image_dataset(image_column="photo", label_column="kind").features
+    assert detect_columns(typed) == ("photo", "kind")  # lone Image / ClassLabel features
+    assert detect_columns(typed, "photo", "kind") == ("photo", "kind")
+
+
+def test_unknown_schema_error_lists_columns():
+    ds = datasets.Dataset.from_dict({"photo": [1, 2], "kind": [0, 1], "extra": ["a", "b"]})
+    with pytest.raises(ValueError, match=r"columns: photo .*kind .*extra") as err:
+        detect_columns(ds.features)
+    assert "--image_column" in str(err.value)
+    feats = _image_dataset().features
+    with pytest.raises(ValueError, match=r"'nope' \(--label_column\) is not in the data set; columns: image"):
+        detect_columns(feats, label_column="nope")
+
+
+def test_unknown_columns_through_load_image_dataset(tmp_path):
+    ds = datasets.Dataset.from_dict({"photo": ["a.png"], "kind": [0]})
+    ds.save_to_disk(str(tmp_path / "weird"))
+    with pytest.raises(ValueError, match="photo"):
+        load_image_dataset(DataArguments(dataset_name=str(tmp_path / "weird")))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Local formats and label canonicalisation
+# ---------------------------------------------------------------------------------------------------------------
+def test_save_to_disk_with_splits_and_renamed_columns(tmp_path):
+    dd = datasets.DatasetDict({
+        "train": _image_dataset(12, image_column="img", label_column="fine_label", class_label=False),
+        "validation": _image_dataset(6, image_column="img", label_column="fine_label", class_label=False, seed=1),
+        "test": _image_dataset(6, image_column="img", label_column="fine_label", class_label=False, seed=2),
+    })
+    dd.save_to_disk(str(tmp_path / "disk"))
+    out = load_image_dataset(DataArguments(dataset_name=str(tmp_path / "disk")))
+    assert list(out) == ["train", "validation", "test"]
+    assert [len(out[s]) for s in out] == [12, 6, 6]
+    assert out["train"].column_names == ["image", "label"]
+    label = out["validation"].features["label"]
+    assert isinstance(label, datasets.ClassLabel) and label.names == ["0", "1", "2"]
+    assert out.report.image_column == "img" and out.report.label_column == "fine_label"
+
+
+def test_parquet_file_with_string_labels(tmp_path):
+    ds = _image_dataset(10)
+    ds = ds.cast_column("label", datasets.Value("int64"))
+    ds = ds.map(lambda row: {"label": ["zebra", "ant", "moose"][row["label"]]})
+    path = str(tmp_path / "data.parquet")
+    ds.to_parquet(path)
+    out = load_image_dataset(DataArguments(dataset_name=path, dataset_cache_dir=str(tmp_path / "cache"),
+                                           validation_fraction=0.3))
+    names = out["train"].features["label"].names
+    assert names == ["ant", "moose", "zebra"]
+    assert len(out["train"]) + len(out["validation"]) == 10
+    first = out["train"][0]
+    assert isinstance(first["image"], Image.Image)
+
+
+def test_negative_labels_rejected(tmp_path):
+    ds = _image_dataset(4, class_label=False).map(lambda row: {"label": -1})
+    ds.save_to_disk(str(tmp_path / "unlabelled"))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        load_image_dataset(DataArguments(dataset_name=str(tmp_path / "unlabelled")))
+
+
+def test_missing_split_lists_available(tmp_path):
+    _image_dataset(6).save_to_disk(str(tmp_path / "single"))
+    with pytest.raises(ValueError, match="available splits: train"):
+        load_image_dataset(DataArguments(dataset_name=str(tmp_path / "single"), eval_split="validation"))
+
+
+def test_max_samples_and_zero_fraction_uses_test(tmp_path):
+    dd = datasets.DatasetDict({"train": _image_dataset(12), "test": _image_dataset(9, seed=3)})
+    dd.save_to_disk(str(tmp_path / "tt"))
+    carved = load_image_dataset(DataArguments(dataset_name=str(tmp_path / "tt"), validation_fraction=0.25,
+                                              max_train_samples=5, max_eval_samples=4))
+    assert [len(carved[s]) for s in carved] == [5, 3, 4]  # train, carved validation (3 of 12), test
+    paper = load_image_dataset(DataArguments(dataset_name=str(tmp_path / "tt"), validation_fraction=0.0))
+    assert list(paper) == ["train", "validation"] and len(paper["train"]) == 12 and len(paper["validation"]) == 9
+    assert paper.report.splits["validation"] == "test"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Presets and the Hub (monkeypatched: never the network)
+# ---------------------------------------------------------------------------------------------------------------
+def _fake_hub(monkeypatch, splits: dict[str, datasets.Dataset]):
+    calls = []
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        calls.append((path, name))
+        return datasets.DatasetDict(splits)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    return calls
+
+
+def test_presets_cover_the_paper():
+    assert set(DATASET_PRESETS) == {
+        "imagenet-1k", "cifar10", "cifar100", "sun397", "resisc45", "dmlab", "mnist", "svhn", "digits"
+    }
+    assert DATASET_PRESETS["cifar100"].label_column == "fine_label"
+    assert DATASET_PRESETS["svhn"].config_name == "cropped_digits"
+    assert all(p.transfer_image_size == 224 for p in DATASET_PRESETS.values())
+
+
+def test_cifar100_preset_carves_validation_and_keeps_test(monkeypatch):
+    def cifar100_like(num, seed):
+        ds = _image_dataset(num, num_classes=4, image_column="img", label_column="fine_label", seed=seed)
+        return ds.add_column("coarse_label", [0] * num)
+
+    calls = _fake_hub(monkeypatch, {"train": cifar100_like(100, 0), "test": cifar100_like(20, 1)})
+    dd = load_image_dataset(DataArguments(dataset_name="cifar100"))
+    assert calls == [("uoft-cs/cifar100", None)]
+    assert list(dd) == ["train", "validation", "test"]
+    assert len(dd["validation"]) == 2 and len(dd["train"]) == 98  # preset fraction 0.02
+    assert len(dd["test"]) == 20
+    assert dd["train"].column_names == ["image", "label"]  # coarse_label dropped, fine_label renamed
+    assert dd.report.splits == {"train": "train", "validation": "train[carved 0.02, seed 0]", "test": "test"}
+    # Deterministic carve-out.
+    again = load_image_dataset(DataArguments(dataset_name="uoft-cs/cifar100"))  # Hub id maps to the preset
+    assert dd["validation"]["label"] == again["validation"]["label"]
+
+
+def test_resisc45_and_svhn_presets_use_existing_splits_and_config(monkeypatch):
+    calls = _fake_hub(monkeypatch, {"train": _image_dataset(9), "validation": _image_dataset(6, seed=1),
+                                    "test": _image_dataset(3, seed=2)})
+    dd = load_image_dataset(DataArguments(dataset_name="resisc45"))
+    assert [len(dd[s]) for s in dd] == [9, 6, 3]
+    assert calls[-1] == ("timm/resisc45", None)
+    load_image_dataset(DataArguments(dataset_name="svhn", eval_split="validation"))
+    assert calls[-1] == ("ufldl-stanford/svhn", "cropped_digits")
+
+
+def test_hub_failure_gives_a_clear_offline_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'uoft-cs/cifar10' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DatasetUnavailableError, match="HF_HUB_OFFLINE") as err:
+        load_image_dataset(DataArguments(dataset_name="cifar10"))
+    message = str(err.value)
+    assert "local path" in message and "digits" in message and "uoft-cs/cifar10" in message
+    assert isinstance(err.value, OSError)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transforms and collation
+# ---------------------------------------------------------------------------------------------------------------
+def test_eval_transform_resizes_without_keeping_aspect_and_normalises():
+    transform = build_transforms(SIZE_MEAN_STD, train=False)
+    white = Image.new("RGB", (40, 10), (255, 255, 255))
+    out = transform({"image": [white], "label": [3]})
+    assert out["labels"] == [3]
+    pixels = out["pixel_values"][0]
+    assert pixels.shape == (3, 16, 16) and pixels.dtype == torch.float32
+    assert torch.allclose(pixels, torch.ones_like(pixels))  # (1 - 0.5) / 0.5
+
+
+def test_transform_uses_image_processor_geometry():
+    from transformers import ViTImageProcessorPil
+
+    processor = ViTImageProcessorPil(size={"height": 12, "width": 20}, image_mean=[0.2, 0.3, 0.4],
+                                     image_std=[0.1, 0.2, 0.3])
+    transform = build_transforms(processor, train=False)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 25, 3), dtype=np.uint8))
+    ours = transform({"image": [image], "label": [0]})["pixel_values"][0]
+    assert ours.shape == (3, 12, 20)
+    reference = processor(image, return_tensors="pt")["pixel_values"][0]
+    assert (ours - reference).abs().max() < 0.05  # same resize/normalisation up to resampling rounding
+
+
+def test_train_transform_random_but_seeded():
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    transform = build_transforms(SIZE_MEAN_STD, train=True)
+    torch.manual_seed(0)
+    a = torch.stack(transform({"image": [image] * 4, "label": [0] * 4})["pixel_values"])
+    torch.manual_seed(0)
+    b = torch.stack(transform({"image": [image] * 4, "label": [0] * 4})["pixel_values"])
+    assert torch.equal(a, b)
+    assert not torch.allclose(a[0], a[1])  # different crops within a batch
+    eval_view = build_transforms(SIZE_MEAN_STD, train=False)({"image": [image], "label": [0]})["pixel_values"][0]
+    assert not torch.allclose(a[0], eval_view)
+
+
+def test_flip_only_transform_is_resize_or_its_mirror():
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (10, 14, 3), dtype=np.uint8))
+    reference = build_transforms(SIZE_MEAN_STD, train=False)({"image": [image], "label": [0]})["pixel_values"][0]
+    transform = build_transforms(SIZE_MEAN_STD, train=True, random_resized_crop=False, hflip=True)
+    torch.manual_seed(0)
+    outputs = transform({"image": [image] * 16, "label": [0] * 16})["pixel_values"]
+    flipped = [torch.equal(out, reference.flip(-1)) for out in outputs]
+    same = [torch.equal(out, reference) for out in outputs]
+    assert all(f or s for f, s in zip(flipped, same))
+    assert any(flipped) and any(same)
+
+
+def test_collate_through_dataloader_with_mixed_sizes():
+    ds = datasets.Dataset.from_dict(
+        {"image": [Image.new("L", (5 + i, 9), i * 20) for i in range(6)], "label": [0, 1, 2, 0, 1, 2]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)}),
+    )
+    ds.set_transform(build_transforms(SIZE_MEAN_STD, train=True))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_fn)
+    batches = list(loader)
+    assert batches[0]["pixel_values"].shape == (4, 3, 16, 16)
+    assert batches[0]["labels"].dtype == torch.long and batches[0]["labels"].tolist() == [0, 1, 2, 0]
+    assert batches[1]["pixel_values"].shape == (2, 3, 16, 16)
+
+
+def test_data_arguments_parse_next_to_training_arguments():
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((DataArguments, TrainingArguments))
+    data_args, _ = parser.parse_args_into_dataclasses(
+        ["--dataset_name", "cifar10", "--validation_fraction", "0.1", "--output_dir", "/tmp/unused",
+         "--horizontal_flip", "false"]
+    )
+    assert data_args.dataset_name == "cifar10" and data_args.validation_fraction == 0.1
+    assert data_args.horizontal_flip is False
+    with pytest.raises(ValueError, match="validation_fraction"):
+        DataArguments(validation_fraction=1.0)
+
+
+def test_decode_accepts_bytes_dicts():
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 3), (1, 2, 3)).save(buffer, format="PNG")
+    image = data_module._decode({"bytes": buffer.getvalue(), "path": None})
+    assert image.getpixel((0, 0)) == (1, 2, 3)
