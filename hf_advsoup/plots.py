@@ -1,0 +1,176 @@
+"""Figures of a soup evaluation (:class:`hf_advsoup.soups.SoupEvaluation`), written as PNG files.
+
+- :func:`plot_tradeoff`: clean vs robust accuracy of soups and ensembles, one point per ``beta`` (Figure 4).
+- :func:`plot_accuracy_vs_beta`: accuracy against ``beta`` per data set, family and metric (Figure 5, Table 9,
+  including the two-network baseline when it was run).
+- :func:`plot_landscape`: heatmaps over ``(beta1, beta2)``: clean, robust, and the mean of the min-max normalized
+  clean and robust accuracies (Figure 8 a, b, c).
+
+Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas directly: no pyplot, no global backend
+change, no display needed, safe in threads and tests. Accuracies are shown in percent.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .soups import SoupEvaluation, describe_threat_model
+
+logger = logging.getLogger(__name__)
+
+_STYLE = {
+    "soup": dict(color="tab:blue", marker="o", label="soup (x1 compute)"),
+    "ensemble": dict(color="tab:orange", marker="s", label="ensemble (x2 compute)"),
+    "independent_soup": dict(color="tab:gray", marker="^", label="soup of two independent networks"),
+}
+
+
+def _save(figure: Figure, path: str | Path, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=dpi)
+    logger.info("Wrote %s", path)
+    return path
+
+
+def _threat_text(result: SoupEvaluation, dataset: str, family: str = "soup") -> str:
+    threat = next(
+        (r.threat_model for r in result.filter(dataset=dataset, family=family, metric="robust_accuracy")), None
+    )
+    return describe_threat_model(threat) if threat else "no attack"
+
+
+def plot_tradeoff(result: SoupEvaluation, path: str | Path, dataset: str | None = None, dpi: int = 120) -> Path:
+    """Clean accuracy (x) against robust accuracy (y) of soups and ensembles, each point labelled with its
+    ``beta`` (Figure 4 of the paper). ``dataset`` defaults to the first one with robust numbers."""
+    if dataset is None:
+        dataset = next((r.dataset for r in result.records if r.metric == "robust_accuracy"), None)
+    if dataset is None:
+        raise ValueError("The trade-off plot needs robust accuracy: run the sweep with an attack.")
+    figure = Figure(figsize=(5.5, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    drawn = 0
+    for family in ("soup", "ensemble", "independent_soup"):
+        clean = result.curve(dataset, family, "clean_accuracy")
+        robust = result.curve(dataset, family, "robust_accuracy")
+        betas = sorted(b for b in robust if b in clean)
+        if not betas:
+            continue
+        xs = [100 * clean[b] for b in betas]
+        ys = [100 * robust[b] for b in betas]
+        ax.plot(xs, ys, linestyle="-", **_STYLE[family])
+        if family == "soup":
+            for b, x, y in zip(betas, xs, ys):
+                ax.annotate(f"{b:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        drawn += 1
+    if not drawn:
+        raise ValueError(f"No beta of {dataset!r} has both clean and robust accuracy.")
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_title(f"Soups vs ensembles on {dataset}\n{_threat_text(result, dataset)}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(figure, path, dpi)
+
+
+def plot_accuracy_vs_beta(result: SoupEvaluation, path: str | Path, dpi: int = 120) -> Path:
+    """Accuracy (%) against ``beta``: one panel per metric, one line per data set and family (Figure 5 and
+    Table 9; ``beta=1`` is clean mode, ``beta=0`` robust mode)."""
+    metrics = [m for m in ("clean_accuracy", "robust_accuracy") if result.filter(metric=m)]
+    if not metrics:
+        raise ValueError("The evaluation holds no accuracy to plot.")
+    figure = Figure(figsize=(5.0 * len(metrics), 4.0), layout="constrained")
+    linestyles = ["-", "--", ":", "-."]
+    for i, metric in enumerate(metrics):
+        ax = figure.add_subplot(1, len(metrics), i + 1)
+        for j, dataset in enumerate(result.datasets):
+            for family, style in _STYLE.items():
+                curve = result.curve(dataset, family, metric)
+                if not curve:
+                    continue
+                betas = sorted(curve)
+                label = f"{dataset}: {style['label']}" if len(result.datasets) > 1 else style["label"]
+                ax.plot(betas, [100 * curve[b] for b in betas], color=style["color"], marker=style["marker"],
+                        linestyle=linestyles[j % len(linestyles)], label=label, markersize=4)
+        ax.set_xlabel("beta (1 = clean mode, 0 = robust mode)")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(figure, path, dpi)
+
+
+def plot_landscape(result: SoupEvaluation, path: str | Path, dataset: str | None = None, dpi: int = 120) -> Path:
+    """Heatmaps over ``beta1 * phi_clean + beta2 * phi_adv`` (Figure 8): (a) clean accuracy, (b) robust accuracy,
+    (c) mean of the min-max normalized clean and robust accuracies. Rows are ``beta1`` (largest on top), columns
+    ``beta2``, so the soups (``beta1 + beta2 = 1``) run from top left to bottom right as in the paper."""
+    rows = result.filter(family="landscape")
+    if not rows:
+        raise ValueError("The evaluation holds no landscape: run it with landscape=True (--landscape).")
+    dataset = dataset or rows[0].dataset
+    grids = {m: result.grid(dataset, m) for m in ("clean_accuracy", "robust_accuracy")}
+    grids = {m: g for m, g in grids.items() if g}
+    beta1s = sorted({b1 for g in grids.values() for b1, _ in g}, reverse=True)
+    beta2s = sorted({b2 for g in grids.values() for _, b2 in g})
+
+    def matrix(grid):
+        return [[grid.get((b1, b2), float("nan")) * 100 for b2 in beta2s] for b1 in beta1s]
+
+    panels = [("(a) clean accuracy (%)", matrix(grids["clean_accuracy"]))] if "clean_accuracy" in grids else []
+    if "robust_accuracy" in grids:
+        panels.append((f"(b) robust accuracy (%)\n{_threat_text(result, dataset, 'landscape')}",
+                       matrix(grids["robust_accuracy"])))
+    if len(panels) == 2:
+        panels.append(("(c) mean of min-max normalized\nclean and robust accuracy",
+                       _normalized_mean(panels[0][1], panels[1][1])))
+    figure = Figure(figsize=(4.6 * len(panels), 4.4), layout="constrained")
+    for i, (title, values) in enumerate(panels):
+        ax = figure.add_subplot(1, len(panels), i + 1)
+        image = ax.imshow(values, cmap="RdBu_r" if i == 2 else "viridis", aspect="auto")
+        figure.colorbar(image, ax=ax, shrink=0.85)
+        ax.set_xticks(range(len(beta2s)), [f"{b:g}" for b in beta2s], fontsize=7)
+        ax.set_yticks(range(len(beta1s)), [f"{b:g}" for b in beta1s], fontsize=7)
+        ax.set_xlabel("beta2 (weight of the adversarial token)")
+        ax.set_ylabel("beta1 (weight of the clean token)")
+        ax.set_title(title, fontsize=9)
+    figure.suptitle(f"Linear combinations of the adapters on {dataset}", fontsize=10)
+    return _save(figure, path, dpi)
+
+
+def _normalized_mean(clean: list[list[float]], robust: list[list[float]]) -> list[list[float]]:
+    def rescale(values):
+        flat = [v for row in values for v in row if v == v]
+        low, high = (min(flat), max(flat)) if flat else (0.0, 1.0)
+        span = high - low or 1.0
+        return [[(v - low) / span for v in row] for row in values]
+
+    c, r = rescale(clean), rescale(robust)
+    return [[(a + b) / 2 for a, b in zip(rc, rr)] for rc, rr in zip(c, r)]
+
+
+def plot_all(result: SoupEvaluation, output_dir: str | Path, dpi: int = 120) -> dict[str, Path]:
+    """Every figure the evaluation supports, in ``output_dir``: ``accuracy_vs_beta.png``, and when robust numbers
+    exist ``tradeoff[_<dataset>].png`` (one per attacked data set), and ``landscape[_<dataset>].png``."""
+    output_dir = Path(output_dir)
+    paths = {"accuracy_vs_beta": plot_accuracy_vs_beta(result, output_dir / "accuracy_vs_beta.png", dpi)}
+    attacked = list(dict.fromkeys(r.dataset for r in result.records
+                                  if r.metric == "robust_accuracy" and r.family != "landscape"))
+    for dataset in attacked:
+        suffix = "" if dataset == attacked[0] else f"_{_slug(dataset)}"
+        paths[f"tradeoff{suffix}"] = plot_tradeoff(result, output_dir / f"tradeoff{suffix}.png", dataset, dpi)
+    landscapes = list(dict.fromkeys(r.dataset for r in result.filter(family="landscape")))
+    for dataset in landscapes:
+        suffix = "" if dataset == landscapes[0] else f"_{_slug(dataset)}"
+        paths[f"landscape{suffix}"] = plot_landscape(result, output_dir / f"landscape{suffix}.png", dataset, dpi)
+    return paths
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+__all__ = ["plot_accuracy_vs_beta", "plot_all", "plot_landscape", "plot_tradeoff"]
