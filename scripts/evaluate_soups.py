@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Evaluate adversarial model soups of one co-trained checkpoint on one or more data sets (Rebuffi et al., ICLR
+2023, Section 5.2, appendix D): clean and robust accuracy over a beta grid for soups and ensembles, optionally the
+2-D landscape and the two-network soup baseline, and the selection of a soup.
+
+Launch::
+
+    # Clean accuracy of 11 soups and ensembles + PGD-40 on the first 1000 examples (the defaults), on a saved run.
+    python scripts/evaluate_soups.py --model_name_or_path runs/digits --datasets digits --output_dir runs/digits/soups
+
+    # Several data sets (Table 3's best soup by mean accuracy), AutoAttack, extrapolation, the 2-D landscape
+    # attacked with PGD-2 (Figure 8), and "the most robust soup with >= 80% clean accuracy".
+    python scripts/evaluate_soups.py --model_name_or_path runs/imagenet \\
+        --datasets imagenet-1k:validation variant-r=path/to/imagenet-r:test --robust_datasets imagenet-1k \\
+        --attack autoattack --extrapolate_betas -0.05 1.05 --landscape --landscape_attack pgd2 \\
+        --min_clean_accuracy 0.8 --output_dir runs/imagenet/soups
+
+    # The baseline of Table 9: soups of all weights of two independently trained networks.
+    python scripts/evaluate_soups.py --model_name_or_path runs/cotrained --independent_nominal_model runs/nominal \\
+        --independent_adversarial_model runs/adversarial --datasets cifar10:test --output_dir runs/table9
+
+Data sets are given as ``[NAME=]SOURCE[:SPLIT]``: SOURCE is anything ``hf_advsoup.data.load_image_dataset``
+accepts (a preset such as ``digits`` or ``cifar10``, a Hub id, a local folder), SPLIT one of its canonical splits
+(``validation``, ``test``, ``train``; default ``test`` when the data has one, else ``validation``).
+
+Writes into ``--output_dir``: ``soup_results.json`` (every number with its settings: threat model, examples, forward
+passes), ``soup_results.csv``, ``soup_results.md`` and PNG plots (``tradeoff.png``, ``accuracy_vs_beta.png``,
+``landscape.png``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+
+from hf_advsoup import AdvSoupViTForImageClassification
+from hf_advsoup.data import DataArguments, build_transforms, collate_fn, load_image_dataset
+from hf_advsoup.soups import SoupEvaluation, SoupEvaluationArguments, evaluate_soups
+
+logger = logging.getLogger("evaluate_soups")
+
+SPLITS = ("validation", "test", "train")
+
+
+@dataclass
+class EvaluateSoupsArguments:
+    """Which checkpoint, which data, where to write."""
+
+    model_name_or_path: str = field(metadata={"help": "A co-trained AdvSoupViT checkpoint (folder or Hub id)."})
+    output_dir: str = field(metadata={"help": "Where the JSON, CSV, markdown table and plots are written."})
+    datasets: list[str] = field(
+        default_factory=lambda: ["digits"],
+        metadata={"help": "Evaluation data sets as [NAME=]SOURCE[:SPLIT] (e.g. cifar10:test, "
+                  "imagenet-r=/data/imagenet-r:test). Default: the embedded digits (offline)."},
+    )
+    max_eval_samples_per_dataset: int | None = field(
+        default=None,
+        metadata={"help": "Load only a random subset of this many examples per data set (load_image_dataset's "
+                  "max_eval_samples; --max_eval_examples takes the first N instead)."},
+    )
+    verify_images: bool = field(
+        default=False,
+        metadata={"help": "Decode every image of every split once at load time and drop corrupt ones (load_image_dataset "
+                  "verifies the training split too, so this is off by default; corrupt images are skipped anyway)."},
+    )
+    independent_nominal_model: str | None = field(
+        default=None, metadata={"help": "Table 9 baseline: the nominally trained network (beta = 1)."}
+    )
+    independent_adversarial_model: str | None = field(
+        default=None, metadata={"help": "Table 9 baseline: the adversarially trained network (beta = 0)."}
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "torch device; default: cuda when available, else cpu."}
+    )
+    plots: bool = field(default=True, metadata={"help": "Write the PNG plots."})
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, str, str | None]:
+    """``[NAME=]SOURCE[:SPLIT]`` -> ``(name, source, split or None)``. A ``:`` followed by something that is not a
+    canonical split stays part of the source (e.g. a Windows drive or a Hub id with a colon-free name)."""
+    name, _, rest = spec.partition("=") if "=" in spec else ("", "", spec)
+    source, split = rest, None
+    head, sep, tail = rest.rpartition(":")
+    if sep and tail in SPLITS:
+        source, split = head, tail
+    if not source:
+        raise ValueError(f"Empty data set source in {spec!r}; expected [NAME=]SOURCE[:SPLIT].")
+    return name or source, source, split
+
+
+def load_eval_data(spec: str, processor, batch_size: int, num_labels: int, args: EvaluateSoupsArguments):
+    """One evaluation ``DataLoader`` (eval transform: resize to the model's size, normalize) and its description."""
+    name, source, split = parse_dataset_spec(spec)
+    data = load_image_dataset(DataArguments(
+        dataset_name=source, max_eval_samples=args.max_eval_samples_per_dataset, verify_images=args.verify_images,
+    ))
+    if split is None:
+        split = "test" if "test" in data else "validation"
+    if split not in data:
+        raise ValueError(f"Data set {source!r} has no {split!r} split; it has: {', '.join(data)}.")
+    dataset = data[split]
+    num_classes = dataset.features["label"].num_classes
+    if num_classes > num_labels:
+        raise ValueError(f"Data set {name!r} has {num_classes} classes but the model predicts {num_labels}: evaluate "
+                         "on the data set the model was trained on (or a variant with the same label set).")
+    dataset.set_transform(build_transforms(processor, train=False))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+    report = getattr(data, "report", None)
+    hub_id = None
+    if report is not None and report.source.startswith("hub:"):
+        hub_id = report.source[4:]
+    elif report is not None and report.source.startswith("preset:"):
+        from hf_advsoup.data import DATASET_PRESETS
+
+        hub_id = DATASET_PRESETS[report.source[7:]].hub_id
+    info = {"name": name, "source": source, "split": split, "hub_id": hub_id, "num_examples": len(dataset),
+            "origin": report.source if report is not None else source,
+            "source_split": report.splits.get(split) if report is not None else None}
+    return name, loader, info
+
+
+def main(argv: list[str] | None = None) -> SoupEvaluation:
+    parser = HfArgumentParser((EvaluateSoupsArguments, SoupEvaluationArguments))
+    script_args, soup_args = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    torch.manual_seed(soup_args.seed)
+    device = torch.device(script_args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    model = AutoModelForImageClassification.from_pretrained(script_args.model_name_or_path).to(device).eval()
+    if not isinstance(model, AdvSoupViTForImageClassification):
+        raise SystemExit(f"{script_args.model_name_or_path} is a {type(model).__name__}, not a co-trained "
+                         "AdvSoupViTForImageClassification: there are no soups to evaluate.")
+    processor = AutoImageProcessor.from_pretrained(script_args.model_name_or_path)
+
+    datasets, infos = {}, []
+    for spec in script_args.datasets:
+        name, loader, info = load_eval_data(spec, processor, soup_args.batch_size, model.config.num_labels,
+                                            script_args)
+        if name in datasets:
+            raise SystemExit(f"Data set name {name!r} is used twice; name them with NAME=SOURCE.")
+        datasets[name] = loader
+        infos.append(info)
+
+    independent = None
+    if (script_args.independent_nominal_model is None) != (script_args.independent_adversarial_model is None):
+        raise SystemExit("The Table 9 baseline needs both --independent_nominal_model and "
+                         "--independent_adversarial_model.")
+    if script_args.independent_nominal_model is not None:
+        independent = tuple(
+            AutoModelForImageClassification.from_pretrained(path).to(device).eval()
+            for path in (script_args.independent_nominal_model, script_args.independent_adversarial_model)
+        )
+
+    normalization = None
+    if soup_args.robust:
+        from hf_advsoup.attacks import Normalization
+
+        normalization = Normalization.from_processor(processor)
+    result = evaluate_soups(model, datasets, soup_args, normalization=normalization, independent_models=independent)
+    result.settings.update({
+        "model_name_or_path": script_args.model_name_or_path,
+        "datasets_info": infos,
+        "independent_models": [script_args.independent_nominal_model, script_args.independent_adversarial_model]
+        if independent else None,
+    })
+
+    output_dir = Path(script_args.output_dir)
+    paths = result.save(output_dir)
+    if script_args.plots:
+        from hf_advsoup.plots import plot_all
+
+        paths.update(plot_all(result, output_dir))
+    for kind, path in paths.items():
+        logger.info("Wrote %s: %s", kind, path)
+    print(result.to_markdown())
+    return result
+
+
+if __name__ == "__main__":
+    main()
