@@ -23,12 +23,14 @@ there is no second training loop. The paper's recipe (appendix C) is :data:`PAPE
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,19 @@ TOKEN_INIT_NAMES = {"robust": 0.0, "clean": 1.0}
 
 TABLE6_DATASETS = ("cifar10", "cifar100", "sun397", "resisc45", "dmlab")
 """The transfer data sets of Table 6, keys of :data:`hf_advsoup.data.DATASET_PRESETS` (Hub id, columns, splits)."""
+
+DATASET_TITLES = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "sun397": "SUN-397",
+    "resisc45": "RESISC-45",
+    "dmlab": "DMLAB",
+    "mnist": "MNIST",
+    "svhn": "SVHN",
+    "imagenet-1k": "ImageNet-1k",
+    "digits": "Digits",
+}
+"""Row-group titles of the results table, as in Table 6; other data sets show under their own name."""
 
 TABLE6_TOKEN_INITS = ("robust", "0.25", "0.5", "0.75", "clean")
 """The token initialisations of Table 6, in its column order."""
@@ -160,7 +175,8 @@ class TransferArguments:
     )
     merge_lora: bool = field(
         default=False,
-        metadata={"help": "After LoRA training, also save the merged full model (in <output_dir>/merged)."},
+        metadata={"help": "After LoRA training, also save the merged full model (in <output_dir>/merged). No effect "
+                  "on the other strategies, which save full models."},
     )
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the source checkpoint."})
 
@@ -171,8 +187,6 @@ class TransferArguments:
             raise ValueError(f"lora_r must be a positive integer, got {self.lora_r}.")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        if self.merge_lora and self.strategy != "lora":
-            raise ValueError("merge_lora only applies to strategy='lora'.")
 
     @property
     def beta(self) -> float:
@@ -383,7 +397,10 @@ def prepare_transfer_model(
             raise ValueError("TransferArguments.model_name_or_path is required (a local folder or a Hub id).")
         model = load_source_model(args.model_name_or_path, args.beta, revision=args.revision)
     else:
-        model = bake_soup(model, args.beta)
+        baked = bake_soup(model, args.beta)
+        # A single-copy source is returned as is: copy it so that the caller's model (e.g. a sweep's source,
+        # reused for every run) is never trained in place.
+        model = copy.deepcopy(baked) if baked is model else baked
     model = replace_head(model, id2label, keep_head=args.keep_head)
     return apply_strategy(model, args.strategy, args)
 
@@ -422,8 +439,6 @@ def save_transfer_model(
 
 def merge_lora_model(model) -> AdvSoupViTForImageClassification:
     """Merge LoRA into the base weights of a copy of ``model`` (the trained PeftModel itself stays usable)."""
-    import copy
-
     return copy.deepcopy(model).merge_and_unload()
 
 
@@ -493,7 +508,7 @@ def build_model_card(info: TransferInfo, is_adapter: bool = False):
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     eval_results = []
-    accuracy = (info.metrics or {}).get("eval_accuracy")
+    _, accuracy = headline_metric(info.metrics or {})
     if accuracy is not None and info.dataset:
         eval_results.append(
             EvalResult(
@@ -549,6 +564,302 @@ def build_model_card(info: TransferInfo, is_adapter: bool = False):
         usage=usage,
     )
     return ModelCard(text)
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def labels_from_dataset(dataset) -> dict[int, str]:
+    """``id2label`` from the canonical ``label`` column (a :class:`datasets.ClassLabel`) of a split."""
+    import datasets
+
+    feature = dataset.features.get("label")
+    if not isinstance(feature, datasets.ClassLabel):
+        raise ValueError(
+            f"The data set needs a ClassLabel 'label' column (load it with hf_advsoup.data.load_image_dataset); got "
+            f"columns {dict(dataset.features)}."
+        )
+    return dict(enumerate(feature.names))
+
+
+def load_image_processor(model_name_or_path: str, image_size, revision: str | None = None):
+    """The source's image processor (its mean/std) set to resize to ``image_size`` (int or (height, width)).
+
+    Appendix C resizes every data set to the model's resolution without keeping the aspect ratio. A source without
+    a saved processor gets ViT's defaults (mean = std = 0.5), with a warning: the normalisation must be the one the
+    source was trained with.
+    """
+    from transformers import AutoImageProcessor
+    from transformers.models.vit import ViTImageProcessorPil
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path, revision=revision)
+    except OSError as err:
+        logger.warning(
+            "No image processor found with %s (%s); using ViT's defaults (mean = std = 0.5). Save the source's "
+            "processor next to it if it was trained with another normalisation.",
+            model_name_or_path,
+            str(err).splitlines()[0],
+        )
+        processor = ViTImageProcessorPil()
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    return type(processor).from_dict(processor.to_dict(), size={"height": int(height), "width": int(width)})
+
+
+def headline_metric(metrics: Mapping[str, float]) -> tuple[str | None, float | None]:
+    """The accuracy a results table reports: test accuracy when the data set has a test split (the paper reports
+    test accuracy), else validation accuracy. Returns ``(metric_name, value)``."""
+    for name in ("test_clean_accuracy", "eval_clean_accuracy"):
+        if name in metrics:
+            return name, float(metrics[name])
+    return None, None
+
+
+def run_transfer(
+    transfer_args: TransferArguments,
+    data_args,
+    training_args,
+    dataset_dict=None,
+    source_model: AdvSoupViTForImageClassification | None = None,
+) -> TransferInfo:
+    """Fine-tune one transfer (one cell of Table 6) and save it in ``training_args.output_dir``.
+
+    Args:
+        transfer_args: source, token initialisation, strategy (:class:`TransferArguments`).
+        data_args: :class:`hf_advsoup.data.DataArguments` (ignored when ``dataset_dict`` is given, except for its
+            augmentation flags).
+        training_args: :class:`hf_advsoup.training_args.CoTrainingArguments` with ``alpha=1`` (nominal
+            fine-tuning; see :meth:`TransferRecipe.training_defaults` for the paper's values).
+        dataset_dict: an already loaded ``DatasetDict`` (canonical ``image``/``label`` columns) to reuse.
+        source_model: an already loaded source (two adapter copies or one) to reuse; it is not modified.
+
+    Training runs through :class:`hf_advsoup.trainer.CoTrainer` (its loss with label smoothing, its EMA; no second
+    training loop). Evaluation uses the EMA weights, on ``validation`` and on ``test`` when present; the saved model
+    (or LoRA adapter) holds the EMA weights too. Returns the :class:`TransferInfo` written next to the model, with
+    the metrics.
+    """
+    from .data import collate_fn, load_image_dataset, set_image_transforms
+    from .trainer import CoTrainer
+
+    if float(training_args.alpha) != 1.0:
+        raise ValueError(
+            f"Transfer fine-tunes nominally (appendix C): alpha must be 1 (no attack), got alpha={training_args.alpha}."
+        )
+    if dataset_dict is None:
+        dataset_dict = load_image_dataset(data_args)
+    id2label = labels_from_dataset(dataset_dict["train"])
+    source = transfer_args.model_name_or_path
+    if source_model is None:
+        source_model = AdvSoupViTForImageClassification.from_pretrained(source, revision=transfer_args.revision)
+    source_adapter = source_model.config.adapter
+    model = prepare_transfer_model(transfer_args, id2label, model=source_model)
+    config = model.config
+    processor = load_image_processor(source, config.image_size, revision=transfer_args.revision)
+    set_image_transforms(dataset_dict, processor, data_args)
+
+    trainer = CoTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset_dict["train"],
+        eval_dataset=dataset_dict["validation"],
+        data_collator=collate_fn,
+        processing_class=processor,
+    )
+    trainer.train()
+    metrics = dict(trainer.evaluate())
+    if "test" in dataset_dict:
+        metrics.update(trainer.evaluate(dataset_dict["test"], metric_key_prefix="test"))
+    metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    lora = None
+    if transfer_args.strategy == "lora":
+        lora = {
+            "r": transfer_args.lora_r,
+            "lora_alpha": transfer_args.lora_alpha,
+            "lora_dropout": transfer_args.lora_dropout,
+            "target_modules": list(transfer_args.lora_target_modules),
+        }
+    recipe_keys = list(PAPER_RECIPE.training_defaults()) + ["seed", "gradient_accumulation_steps"]
+    recipe = {k: getattr(training_args, k) for k in recipe_keys if hasattr(training_args, k)}
+    recipe.update({k: getattr(data_args, k) for k in PAPER_RECIPE.data_defaults() if hasattr(data_args, k)})
+    recipe["image_size"] = config.image_size
+    recipe = {k: (v.value if hasattr(v, "value") else v) for k, v in recipe.items()}  # enums -> strings for JSON
+    report = getattr(dataset_dict, "report", None)
+    info = TransferInfo(
+        source=source,
+        token_init=transfer_args.token_init,
+        beta=transfer_args.beta,
+        strategy=transfer_args.strategy,
+        dataset=getattr(data_args, "dataset_name", None) if report is None else _dataset_name(data_args, report),
+        num_labels=len(id2label),
+        id2label=id2label,
+        source_adapter=source_adapter,
+        kept_head=transfer_args.keep_head,
+        lora=lora,
+        recipe=recipe,
+        metrics=metrics,
+    )
+    if training_args.should_save:
+        ema = trainer.ema
+        # The EMA weights are the fine-tuned model (as in the paper); the raw weights stay in the checkpoints.
+        swap = ema.swapped(trainer.model) if ema is not None and ema.initialized else contextlib.nullcontext()
+        with swap:
+            save_transfer_model(
+                trainer.model, training_args.output_dir, info, image_processor=processor,
+                merge_lora=transfer_args.merge_lora,
+            )
+    name, value = headline_metric(metrics)
+    logger.info("Transfer %s -> %s (%s, %s): %s = %s", source, info.dataset, transfer_args.token_init,
+                transfer_args.strategy, name, value)
+    return info
+
+
+def _dataset_name(data_args, report) -> str:
+    # The Hub id when the data came from a preset or the Hub, so that the card links the data set.
+    source = getattr(report, "source", "") or ""
+    if source.startswith("preset:"):
+        from .data import DATASET_PRESETS
+
+        preset = DATASET_PRESETS.get(source.split(":", 1)[1])
+        if preset is not None and preset.hub_id:
+            return preset.hub_id
+    if source.startswith("hub:"):
+        return source.split(":", 1)[1]
+    return data_args.dataset_name
+
+
+# --------------------------------------------------------------------------------------------------------- sweep
+@dataclass
+class SweepArguments:
+    """A sweep over data sets x strategies x token initialisations (Table 6), with optional baseline columns."""
+
+    sweep: bool = field(
+        default=False, metadata={"help": "Run the sweep (Table 6) instead of a single transfer."}
+    )
+    datasets: list[str] = field(
+        default_factory=lambda: list(TABLE6_DATASETS),
+        metadata={"help": "Data sets of the sweep: preset names (hf_advsoup.data.DATASET_PRESETS), Hub ids or local "
+                  "paths. Default: Table 6's CIFAR-10, CIFAR-100, SUN-397, RESISC-45, DMLab."},
+    )
+    dataset_paths: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Local copies of preset data sets, as NAME=PATH (e.g. cifar10=/data/cifar10, a "
+                  "save_to_disk folder in the Hub schema): loaded from PATH with the preset's columns and splits."},
+    )
+    strategies: list[str] = field(
+        default_factory=lambda: ["head", "head+token", "all"],
+        metadata={"help": f"Strategies of the sweep, among {', '.join(STRATEGIES)}. Default: Table 6's three."},
+    )
+    token_inits: list[str] = field(
+        default_factory=lambda: list(TABLE6_TOKEN_INITS),
+        metadata={"help": "Token initialisations of the sweep: robust, clean or soup weights. Default: Table 6's "
+                  "robust, 0.25, 0.5, 0.75, clean."},
+    )
+    baselines: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Extra single-model columns, as LABEL=SOURCE (e.g. Nominal=runs/nominal "
+                  "Adversarial=runs/adv): Table 6's baselines pre-trained nominally / adversarially."},
+    )
+    table_name: str = field(
+        default="transfer_table", metadata={"help": "Base name of the table files (<output_dir>/<name>.md/.json)."}
+    )
+    skip_completed: bool = field(
+        default=True,
+        metadata={"help": "Reuse the metrics of runs whose folder already holds transfer_config.json (resume a "
+                  "sweep)."},
+    )
+
+    def __post_init__(self):
+        for strategy in self.strategies:
+            validate_choice("strategy", strategy, STRATEGIES)
+        for token_init in self.token_inits:
+            parse_token_init(token_init)
+        for item in list(self.dataset_paths) + list(self.baselines):
+            if "=" not in item:
+                raise ValueError(f"Expected NAME=PATH, got {item!r}.")
+        if not (self.datasets and self.strategies and (self.token_inits or self.baselines)):
+            raise ValueError("A sweep needs at least one data set, one strategy and one token init or baseline.")
+
+    def sources(self, model_name_or_path: str) -> list[tuple[str, str, str]]:
+        """The table's columns as ``(column title, source, token_init)``: baselines first, then token inits."""
+        columns = [(label, path, "clean") for label, path in (b.split("=", 1) for b in self.baselines)]
+        columns += [(parse_token_init(t)[0], model_name_or_path, t) for t in self.token_inits]
+        titles = [c[0] for c in columns]
+        if len(set(titles)) != len(titles):
+            raise ValueError(f"Duplicate sweep columns: {titles}.")
+        return columns
+
+
+def preset_data_arguments(data_args, dataset: str, local_path: str | None = None):
+    """``data_args`` for one data set of a sweep: ``dataset_name=dataset``, or, with ``local_path``, that path with
+    the preset's columns and splits (fields the user set explicitly win)."""
+    from .data import DATASET_PRESETS
+
+    if local_path is None:
+        return dataclasses.replace(data_args, dataset_name=dataset)
+    preset = DATASET_PRESETS.get(dataset)
+    if preset is None:
+        raise ValueError(f"--dataset_paths names {dataset!r}, which is not a preset: {', '.join(DATASET_PRESETS)}.")
+    fields = {"image_column": preset.image_column, "label_column": preset.label_column,
+              "train_split": preset.train_split, "eval_split": preset.eval_split, "test_split": preset.test_split,
+              "validation_fraction": preset.validation_fraction if preset.eval_split is None else None}
+    changes = {k: v for k, v in fields.items() if getattr(data_args, k) is None and v is not None}
+    return dataclasses.replace(data_args, dataset_name=local_path, **changes)
+
+
+def run_sweep(
+    sweep_args: SweepArguments, transfer_args: TransferArguments, data_args, training_args
+) -> tuple[list[TransferResult], tuple[str, str]]:
+    """Every (data set, strategy, column) transfer of the sweep, then the results table (Table 6 layout).
+
+    Runs go to ``<output_dir>/<dataset>/<strategy>/<column>``; the table (``<output_dir>/<table_name>.md`` and
+    ``.json``) is rewritten after every run, so an interrupted sweep leaves a partial table, and a rerun reuses
+    finished runs (``skip_completed``). Returns the results and the two table paths.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import load_image_dataset
+
+    local = dict(item.split("=", 1) for item in sweep_args.dataset_paths)
+    columns = sweep_args.sources(transfer_args.model_name_or_path)
+    table_kwargs = dict(datasets=sweep_args.datasets, strategies=sweep_args.strategies,
+                        columns=[c[0] for c in columns], dataset_titles=DATASET_TITLES)
+    root = training_args.output_dir
+    sources: dict[str, AdvSoupViTForImageClassification] = {}
+    results: list[TransferResult] = []
+    total = len(sweep_args.datasets) * len(sweep_args.strategies) * len(columns)
+    paths = None
+    with tqdm(total=total, desc="transfer sweep") as progress:
+        for dataset in sweep_args.datasets:
+            dataset_dict = None
+            for strategy in sweep_args.strategies:
+                for title, source, token_init in columns:
+                    out = os.path.join(root, _slug(dataset), _slug(strategy), _slug(title))
+                    info = None
+                    if sweep_args.skip_completed and os.path.isfile(os.path.join(out, TRANSFER_CONFIG_NAME)):
+                        info = TransferInfo.load(out)
+                        logger.info("Reusing the finished run in %s.", out)
+                    else:
+                        run_data_args = preset_data_arguments(data_args, dataset, local.get(dataset))
+                        if dataset_dict is None:
+                            dataset_dict = load_image_dataset(run_data_args)
+                        if source not in sources:
+                            sources[source] = AdvSoupViTForImageClassification.from_pretrained(
+                                source, revision=transfer_args.revision
+                            )
+                        run_args = dataclasses.replace(
+                            transfer_args, model_name_or_path=source, token_init=token_init, strategy=strategy,
+                        )
+                        run_training_args = dataclasses.replace(training_args, output_dir=out)
+                        info = run_transfer(run_args, run_data_args, run_training_args, dataset_dict=dataset_dict,
+                                            source_model=sources[source])
+                    results.append(TransferResult(dataset=dataset, strategy=strategy, column=title,
+                                                  accuracy=headline_metric(info.metrics or {})[1], output_dir=out))
+                    paths = write_results_table(results, root, name=sweep_args.table_name, **table_kwargs)
+                    progress.update()
+    return results, paths
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.replace("β = ", "beta").replace("+", "_"))
 
 
 # ------------------------------------------------------------------------------------------------- results table
@@ -631,7 +942,3 @@ def write_results_table(
     with open(json_path, "w") as f:
         json.dump(data, f, indent=2)
     return md_path, json_path
-
-
-def _unique(values: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(values))

@@ -225,11 +225,11 @@ def test_saved_model_has_its_card(source_dir, tmp_path):
     model = prepare_transfer_model(args, LABELS3)
     info = TransferInfo(source=source_dir, token_init="0.75", beta=0.75, strategy="head+token",
                         dataset="uoft-cs/cifar10", num_labels=3, id2label=LABELS3, source_adapter="cls_token",
-                        metrics={"test_accuracy": 0.5, "eval_accuracy": 0.6})
+                        metrics={"test_clean_accuracy": 0.5, "eval_clean_accuracy": 0.6})
     save_transfer_model(model, tmp_path / "m", info)
     card = (tmp_path / "m" / "README.md").read_text()
     for text in (source_dir, "β = 0.75", "beta = 0.75", "head+token", "Fine-tune head + cls token",
-                 "uoft-cs/cifar10", "test_accuracy"):
+                 "uoft-cs/cifar10", "test_clean_accuracy", "value: 0.5"):
         assert text in card, text
     assert TransferInfo.load(tmp_path / "m") == info
     x = images()
@@ -269,3 +269,108 @@ def test_recipe_matches_appendix_c():
         0.0, 0.1, 10_000, 0.01)
     assert (d["warmup_steps"], d["lr_scheduler_type"], d["ema_decay"], d["alpha"]) == (500, "cosine", 0.999, 1.0)
     assert PAPER_RECIPE.data_defaults() == {"random_resized_crop": False, "horizontal_flip": True}
+
+
+# ------------------------------------------------------------------------------------------ training end to end
+def tiny_preset_dataset(path, preset_name, num_classes=3, n_train=24, n_eval=6, seed=0):
+    """A tiny DatasetDict in the Hub schema of a Table 6 preset (its column names and splits), saved to disk."""
+    from hf_advsoup.data import DATASET_PRESETS
+
+    preset = DATASET_PRESETS[preset_name]
+    rng = np.random.default_rng(seed)
+    names = [f"{preset_name}_class{i}" for i in range(num_classes)]
+    features = datasets.Features({preset.image_column: datasets.Image(),
+                                  preset.label_column: datasets.ClassLabel(names=names)})
+
+    def split(n):
+        # Non-square images: the transform must resize them to the model's square size (no aspect ratio kept).
+        images_ = [Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)) for _ in range(n)]
+        return datasets.Dataset.from_dict(
+            {preset.image_column: images_, preset.label_column: [i % num_classes for i in range(n)]},
+            features=features)
+
+    splits = {preset.train_split: split(n_train), preset.test_split: split(n_eval)}
+    if preset.eval_split is not None:
+        splits[preset.eval_split] = split(n_eval)
+    datasets.DatasetDict(splits).save_to_disk(str(path))
+    return str(path)
+
+
+TRAIN_FLAGS = [
+    "--max_steps", "2", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+    "--warmup_steps", "0", "--learning_rate", "0.05", "--save_strategy", "no", "--report_to", "none",
+    "--use_cpu", "true", "--disable_tqdm", "true", "--seed", "0",
+]
+
+
+def run_script(argv):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "transfer.py")
+    spec = importlib.util.spec_from_file_location("transfer_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+@pytest.mark.parametrize("strategy", ["head+token", "lora"])
+def test_script_fine_tunes_only_the_strategy_parameters(source_dir, tmp_path, strategy):
+    data = tiny_preset_dataset(tmp_path / "cifar100", "cifar100")
+    out = tmp_path / "run"
+    info = run_script([
+        "--model_name_or_path", source_dir, "--dataset_name", data, "--image_column", "img",
+        "--label_column", "fine_label", "--validation_fraction", "0.25", "--token_init", "0.5",
+        "--strategy", strategy, "--lora_r", "2", "--merge_lora", "true", "--output_dir", str(out), *TRAIN_FLAGS,
+    ])
+    # Labels come from the data set; both validation (carved from train) and test were evaluated.
+    assert info.id2label == {i: f"cifar100_class{i}" for i in range(3)}
+    assert {"eval_clean_accuracy", "test_clean_accuracy"} <= set(info.metrics)
+    assert info.recipe["optim_args"] == "momentum=0.9" and info.recipe["random_resized_crop"] is False
+    folder = out / "merged" if strategy == "lora" else out
+    trained = AdvSoupViTForImageClassification.from_pretrained(folder)
+    baked = load_source_model(source_dir, 0.5)
+    assert trained.config.id2label == info.id2label and trained.config.num_labels == 3
+    before = {k: v for k, v in baked.state_dict().items() if not k.startswith("classifier.")}
+    after = trained.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    if strategy == "head+token":
+        assert moved == {CLS_TOKEN}
+    else:  # merged LoRA: only the attention projections that carry LoRA changed
+        assert moved and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in moved)
+    card = (out / "README.md").read_text()
+    assert source_dir in card and "β = 0.5" in card and strategy in card
+    assert (out / "preprocessor_config.json").exists()
+
+
+def test_sweep_writes_a_complete_table(source_dir, tmp_path):
+    paths = [f"{name}={tiny_preset_dataset(tmp_path / name, name, seed=i)}"
+             for i, name in enumerate(("cifar10", "resisc45"))]
+    # A single-copy baseline column (as Table 6's nominally pre-trained model).
+    baseline = tmp_path / "baseline"
+    bake_soup(make_source(seed=3), 1.0).save_pretrained(baseline)
+    out = tmp_path / "sweep"
+    results = run_script([
+        "--sweep", "true", "--model_name_or_path", source_dir, "--datasets", "cifar10", "resisc45",
+        "--dataset_paths", *paths, "--strategies", "head", "--token_inits", "robust",
+        "--baselines", f"Nominal={baseline}", "--validation_fraction", "0.25", "--output_dir", str(out),
+        *TRAIN_FLAGS, "--max_steps", "1",
+    ])
+    assert len(results) == 2 * 1 * 2 and all(r.accuracy is not None for r in results)
+    markdown = (out / "transfer_table.md").read_text()
+    data = json.loads((out / "transfer_table.json").read_text())
+    lines = markdown.strip().splitlines()
+    assert lines[0] == "| Setup | Nominal | Robust mode |"
+    assert "—" not in markdown and len(lines) == 2 + 3 * 2  # (2 data sets + AVERAGE) x (title + 1 strategy)
+    assert "**CIFAR-10**" in markdown and "**RESISC-45**" in markdown and "**AVERAGE**" in markdown
+    for column in ("Nominal", "Robust mode"):
+        expected = np.mean([data["accuracy"][d]["head"][column] for d in ("cifar10", "resisc45")])
+        assert data["average"]["head"][column] == pytest.approx(expected)
+        assert f"{100 * expected:.2f}%" in lines[-1]
+    # A rerun reuses the finished runs instead of training again.
+    weights = out / "resisc45" / "head" / "Robust_mode" / "model.safetensors"
+    mtime = os.path.getmtime(weights)
+    rerun = run_script(["--sweep", "true", "--model_name_or_path", source_dir, "--datasets", "resisc45",
+                        "--dataset_paths", paths[1], "--strategies", "head", "--token_inits", "robust",
+                        "--output_dir", str(out), *TRAIN_FLAGS])
+    assert rerun[0].accuracy == data["accuracy"]["resisc45"]["head"]["Robust mode"]
+    assert os.path.getmtime(weights) == mtime
