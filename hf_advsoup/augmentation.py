@@ -53,7 +53,9 @@ class AugmentationArguments:
         default=0.5, metadata={"help": "Probability of applying each chosen operation (paper: 0.5). 0 disables it."}
     )
     mixup_alpha: float = field(default=0.8, metadata={"help": "MixUp Beta(alpha, alpha) parameter; 0 disables MixUp."})
-    cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix Beta(alpha, alpha) parameter; 0 disables CutMix."})
+    cutmix_alpha: float = field(
+        default=1.0, metadata={"help": "CutMix Beta(alpha, alpha) parameter; 0 disables CutMix."}
+    )
     mix_prob: float = field(
         default=1.0, metadata={"help": "Probability of mixing a batch with MixUp or CutMix (timm's prob)."}
     )
@@ -126,7 +128,8 @@ def _warp(x: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor) -> torch.Te
     theta[:, 1, 2] *= 2.0 / height
     grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    coverage = F.grid_sample(torch.ones_like(x[:, :1]), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    ones = torch.ones_like(x[:, :1])
+    coverage = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return (warped + (1.0 - coverage) * fill.view(1, 3, 1, 1)).clamp_(0.0, 1.0)
 
 

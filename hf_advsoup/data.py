@@ -210,15 +210,25 @@ class DataArguments:
     )
     test_split: str | None = field(
         default=None,
-        metadata={"help": "Split reported as `test`; default: the preset's, else 'test' when it exists. 'none' drops it."},
+        metadata={
+            "help": "Split reported as `test`; default: the preset's, else 'test' when it exists. 'none' drops it."
+        },
     )
     image_column: str | None = field(
         default=None,
-        metadata={"help": "Image column; default: detected (" + "/".join(IMAGE_COLUMN_CANDIDATES) + ", or the one Image feature)."},
+        metadata={
+            "help": "Image column; default: detected ("
+            + "/".join(IMAGE_COLUMN_CANDIDATES)
+            + ", or the only Image feature)."
+        },
     )
     label_column: str | None = field(
         default=None,
-        metadata={"help": "Label column; default: detected (" + "/".join(LABEL_COLUMN_CANDIDATES) + ", or the one ClassLabel)."},
+        metadata={
+            "help": "Label column; default: detected ("
+            + "/".join(LABEL_COLUMN_CANDIDATES)
+            + ", or the only ClassLabel feature)."
+        },
     )
     validation_fraction: float | None = field(
         default=None,
@@ -318,7 +328,9 @@ def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
         if low >= 0.0 and high <= 255.0:
             return np.round(array).astype(np.uint8)
         span = high - low
-        return np.zeros_like(array, dtype=np.uint8) if span == 0 else np.round((array - low) / span * 255).astype(np.uint8)
+        if span == 0:
+            return np.zeros_like(array, dtype=np.uint8)
+        return np.round((array - low) / span * 255).astype(np.uint8)
     # Mode "I" (32-bit int): Pillow opens some 16-bit files as "I". Values beyond 8 bits mean 16-bit data.
     low, high = float(array.min()), float(array.max())
     if low >= 0.0 and high <= 255.0:
@@ -421,7 +433,8 @@ def _load_local(path: str, cache_dir: str | None) -> tuple[datasets.DatasetDict,
     """Load a local image folder, ``save_to_disk`` folder or parquet file(s); returns the data and its kind."""
     if os.path.isfile(path):
         if path.endswith(".parquet"):
-            return _as_dataset_dict(datasets.load_dataset("parquet", data_files={"train": path}, cache_dir=cache_dir)), "parquet"
+            loaded = datasets.load_dataset("parquet", data_files={"train": path}, cache_dir=cache_dir)
+            return _as_dataset_dict(loaded), "parquet"
         raise ValueError(
             f"Unsupported local file {path!r}: pass a .parquet file, a folder of class subfolders, a folder written "
             "by `save_to_disk`, or a folder of parquet files."
@@ -528,7 +541,7 @@ def _canonical_labels(splits: dict[str, datasets.Dataset]) -> dict[str, datasets
             name: ds.align_labels_with_mapping(mapping, "label").cast_column("label", datasets.ClassLabel(names=union))
             for name, ds in splits.items()
         }
-    kinds = {name: (feat.dtype if isinstance(feat, datasets.Value) else type(feat).__name__) for name, feat in features.items()}
+    kinds = {name: getattr(feat, "dtype", type(feat).__name__) for name, feat in features.items()}
     if all(isinstance(feat, datasets.Value) and feat.dtype in ("string", "large_string") for feat in features.values()):
         names = sorted(set().union(*(set(ds.unique("label")) for ds in splits.values())))
         return {name: ds.cast_column("label", datasets.ClassLabel(names=names)) for name, ds in splits.items()}
@@ -640,7 +653,9 @@ def load_image_dataset(data_args: DataArguments) -> datasets.DatasetDict:
     else:
         test_split = "test" if "test" in raw and "test" not in (train_split, eval_split) else None
     if eval_split is not None and eval_split == train_split:
-        raise ValueError(f"--eval_split and --train_split are both {train_split!r}; leave --eval_split unset to carve one out.")
+        raise ValueError(
+            f"--eval_split and --train_split are both {train_split!r}; leave --eval_split unset to carve one out."
+        )
     if test_split is not None and test_split in (train_split, eval_split):
         test_split = None
 

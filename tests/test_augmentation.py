@@ -129,7 +129,8 @@ def test_each_randaugment_op_keeps_range_and_changes_images(name):
 
 def _pil_reference(images: torch.Tensor, fn) -> torch.Tensor:
     arrays = (images * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    return torch.stack([torch.from_numpy(np.array(fn(Image.fromarray(a)))).permute(2, 0, 1).float() / 255 for a in arrays])
+    outputs = [torch.from_numpy(np.array(fn(Image.fromarray(a)))).permute(2, 0, 1) for a in arrays]
+    return torch.stack(outputs).float() / 255
 
 
 def test_pixel_ops_match_pil():

@@ -409,3 +409,23 @@ def test_decode_accepts_bytes_dicts():
     Image.new("RGB", (3, 3), (1, 2, 3)).save(buffer, format="PNG")
     image = data_module._decode({"bytes": buffer.getvalue(), "path": None})
     assert image.getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_trainer_consumes_transformed_dataset(tmp_path):
+    """The contract with the Trainer: set_transform data + collate_fn + remove_unused_columns=False."""
+    from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification
+
+    args = DataArguments(max_train_samples=16, max_eval_samples=8)
+    dd = set_image_transforms(load_image_dataset(args), SIZE_MEAN_STD, args)
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1,
+                                                num_attention_heads=2, intermediate_size=32, num_labels=10))
+    before = model.classifier.weight.detach().clone()
+    training_args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=2,
+                                      remove_unused_columns=False, report_to=[], use_cpu=True, save_strategy="no",
+                                      learning_rate=1e-2)
+    trainer = Trainer(model=model, args=training_args, train_dataset=dd["train"], eval_dataset=dd["validation"],
+                      data_collator=collate_fn)
+    trainer.train()
+    assert not torch.equal(model.classifier.weight, before)
+    assert np.isfinite(trainer.evaluate()["eval_loss"])
