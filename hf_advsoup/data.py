@@ -607,7 +607,8 @@ def load_image_dataset(data_args: DataArguments) -> datasets.DatasetDict:
 
     Returns:
         A ``DatasetDict`` with ``train``, ``validation`` and possibly ``test``; ``result.report`` is a
-        :class:`DataReport` (source, columns, split provenance, corrupt-image counts).
+        :class:`DataReport` (source, columns, split provenance, corrupt-image counts). The attribute lives on
+        this object only: ``DatasetDict.map``/``filter`` return new objects without it.
 
     Raises:
         ValueError: unknown columns (the message lists the data set's columns), a missing split (listing the
@@ -841,7 +842,10 @@ class ImageClassificationTransform:
             except Exception as err:  # noqa: BLE001 - a corrupt image is skipped, never trained on
                 logger.warning("Skipping an undecodable image (%s): %s", _describe(value, index), err)
                 pixel_values.append(None)
-        return {"pixel_values": pixel_values, "labels": list(batch["label"])}
+        out: dict[str, list] = {"pixel_values": pixel_values}
+        if "label" in batch:  # unlabelled data (inference) has no label column
+            out["labels"] = list(batch["label"])
+        return out
 
 
 def build_transforms(
@@ -891,6 +895,8 @@ def set_image_transforms(
 def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack transformed examples: ``{"pixel_values": float32 (B, 3, H, W), "labels": int64 (B,)}``.
 
+    ``labels`` is left out for unlabelled examples (inference).
+
     Examples whose image failed to decode (``pixel_values is None``) are dropped with a warning.
     """
     kept = [example for example in examples if example.get("pixel_values") is not None]
@@ -898,8 +904,8 @@ def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         logger.warning("Dropped %d undecodable image(s) from a batch of %d.", len(examples) - len(kept), len(examples))
     if not kept:
         raise RuntimeError(f"Every image in this batch of {len(examples)} failed to decode; check the data set.")
-    labels = [example["labels"] if "labels" in example else example["label"] for example in kept]
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in kept]),
-        "labels": torch.tensor(labels, dtype=torch.long),
-    }
+    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in kept])}
+    if any(key in kept[0] for key in ("labels", "label")):
+        labels = [example["labels"] if "labels" in example else example["label"] for example in kept]
+        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+    return batch

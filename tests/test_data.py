@@ -429,3 +429,11 @@ def test_trainer_consumes_transformed_dataset(tmp_path):
     trainer.train()
     assert not torch.equal(model.classifier.weight, before)
     assert np.isfinite(trainer.evaluate()["eval_loss"])
+
+
+def test_unlabelled_examples_collate_without_labels():
+    transform = build_transforms(SIZE_MEAN_STD, train=False)
+    out = transform({"image": [Image.new("RGB", (5, 5))] * 2})
+    assert "labels" not in out
+    batch = collate_fn([{"pixel_values": p} for p in out["pixel_values"]])
+    assert set(batch) == {"pixel_values"} and batch["pixel_values"].shape == (2, 3, 16, 16)
