@@ -49,6 +49,7 @@ __all__ = [
     "build_transforms",
     "collate_fn",
     "detect_columns",
+    "find_preset",
     "load_digits_dataset",
     "load_image_dataset",
     "set_image_transforms",
@@ -416,7 +417,8 @@ def load_digits_dataset(seed: int = 0, validation_fraction: float = 0.2) -> data
     return datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
 
 
-def _find_preset(name: str) -> DatasetPreset | None:
+def find_preset(name: str) -> DatasetPreset | None:
+    """The preset for a preset name or a preset's Hub id (case-insensitive), else ``None``."""
     if name in DATASET_PRESETS:
         return DATASET_PRESETS[name]
     for preset in DATASET_PRESETS.values():  # a Hub id of a preset gets the preset's columns and splits
@@ -616,7 +618,7 @@ def load_image_dataset(data_args: DataArguments) -> datasets.DatasetDict:
         DatasetUnavailableError: a Hub id that cannot be reached (offline, network, gated, typo).
     """
     name = data_args.dataset_name
-    preset = _find_preset(name)
+    preset = find_preset(name)
     local_path = os.path.expanduser(name)
     if preset is not None and preset.hub_id is None:  # embedded
         raw = load_digits_dataset(

@@ -283,6 +283,8 @@ def test_presets_cover_the_paper():
     assert DATASET_PRESETS["cifar100"].label_column == "fine_label"
     assert DATASET_PRESETS["svhn"].config_name == "cropped_digits"
     assert all(p.transfer_image_size == 224 for p in DATASET_PRESETS.values())
+    assert data_module.find_preset("UOFT-CS/cifar10") is DATASET_PRESETS["cifar10"]
+    assert data_module.find_preset("someone/else") is None
 
 
 def test_cifar100_preset_carves_validation_and_keeps_test(monkeypatch):
