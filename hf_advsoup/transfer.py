@@ -475,8 +475,8 @@ _CARD_TEMPLATE = """---
 
 # {title}
 
-This model was fine-tuned with [hf_advsoup](https://github.com/) transfer learning (appendix C of Rebuffi, Croce &
-Gowal, "Revisiting adapters with adversarial training", ICLR 2023). It is a single-copy ViT: the soup of the
+This model was fine-tuned with `hf_advsoup.transfer` (appendix C of Rebuffi, Croce & Gowal, "Revisiting adapters
+with adversarial training", ICLR 2023). It is a single-copy ViT: the soup of the
 co-trained model's clean and adversarial adapters was baked in before fine-tuning.
 
 | | |

@@ -15,8 +15,8 @@ The sweep of Table 6 (strategies x token inits x data sets; writes <output_dir>/
 The defaults are the paper's recipe (:data:`hf_advsoup.transfer.PAPER_RECIPE`: SGD momentum 0.9, batch 512,
 clipping 1, no weight decay, label smoothing 0.1, 10k steps, lr 0.01 with 500 warm-up steps then cosine, plain
 resize to the model's size, random horizontal flip, EMA 0.999); every value can be overridden on the command line
-(``--max_steps 2000 --learning_rate 0.003``) or in a YAML file (``python scripts/transfer.py config.yaml``, see
-``scripts/configs/transfer_*.yaml``). The batch size is per device: divide 512 by the number of devices (times
+(``--max_steps 2000 --learning_rate 0.003``) or in a YAML file given first (``python scripts/transfer.py
+scripts/configs/transfer_table6.yaml --bf16 true``; flags after it win). The batch size is per device: divide 512 by the number of devices (times
 gradient accumulation) to keep the paper's global batch. Multi-GPU: ``accelerate launch scripts/transfer.py ...``.
 """
 
@@ -55,15 +55,22 @@ def defaults() -> dict:
 
 
 def parse_args(argv: list[str] | None = None):
-    """``(TransferArguments, SweepArguments, DataArguments, CoTrainingArguments)`` from the command line or from
-    one YAML file; values not given take the recipe's defaults."""
+    """``(TransferArguments, SweepArguments, DataArguments, CoTrainingArguments)`` from the command line.
+
+    Precedence: command-line flags > a YAML file given as the first argument > the paper's recipe
+    (:func:`defaults`) > the argument classes' own defaults. Unknown YAML keys are an error.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser((TransferArguments, SweepArguments, DataArguments, CoTrainingArguments))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        with open(argv[0]) as f:
-            config = yaml.safe_load(f) or {}
-        return parser.parse_dict({**defaults(), **config})
-    parser.set_defaults(**defaults())
+    values = defaults()
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        with open(argv.pop(0)) as f:
+            values.update(yaml.safe_load(f) or {})
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown configuration keys {unknown}; see `python scripts/transfer.py --help`.")
+    parser.set_defaults(**values)
     return parser.parse_args_into_dataclasses(args=argv)
 
 

@@ -101,15 +101,15 @@ def test_parse_token_init():
 
 
 @pytest.mark.parametrize("adapter", ["cls_token", "layernorm", "pos_embed"])
-@pytest.mark.parametrize("beta", [0.0, 0.25, 1.0])
-def test_baked_soup_predicts_like_source_soup(adapter, beta):
+def test_baked_soup_predicts_like_source_soup(adapter):
     source = make_source(adapter=adapter)
     x = images()
-    baked = bake_soup(source, beta)
-    assert baked.config.adapter == "none" and len(list(baked.adversarial_adapter.parameters())) == 0
-    torch.testing.assert_close(baked(x).logits, source(x, beta=beta).logits, rtol=0, atol=1e-5)
-    # The modes really differ, so the check above could fail for a wrong beta.
+    # The modes really differ, so the checks below would fail for a wrong beta.
     assert not torch.allclose(source(x, beta=0.0).logits, source(x, beta=1.0).logits, atol=1e-3)
+    for beta in (0.0, 0.25, 1.0):
+        baked = bake_soup(source, beta)
+        assert baked.config.adapter == "none" and len(list(baked.adversarial_adapter.parameters())) == 0
+        torch.testing.assert_close(baked(x).logits, source(x, beta=beta).logits, rtol=0, atol=1e-5)
 
 
 def test_load_source_model_bakes_from_a_saved_checkpoint(source_dir):
@@ -374,3 +374,49 @@ def test_sweep_writes_a_complete_table(source_dir, tmp_path):
                         "--output_dir", str(out), *TRAIN_FLAGS])
     assert rerun[0].accuracy == data["accuracy"]["resisc45"]["head"]["Robust mode"]
     assert os.path.getmtime(weights) == mtime
+
+
+def load_script_module():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "transfer.py")
+    spec = importlib.util.spec_from_file_location("transfer_script_parse", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_defaults_and_overrides_from_cli_and_yaml(tmp_path):
+    script = load_script_module()
+    transfer_args, sweep_args, data_args, training_args = script.parse_args(
+        ["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--learning_rate", "0.003", "--use_cpu", "true"])
+    assert training_args.learning_rate == 0.003  # overridden
+    assert (training_args.max_steps, training_args.warmup_steps, training_args.ema_decay) == (10_000, 500, 0.999)
+    assert (training_args.optim_args, training_args.alpha, data_args.random_resized_crop) == ("momentum=0.9", 1.0, False)
+    assert sweep_args.sweep is False and transfer_args.strategy == "all"
+    configs = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "configs")
+    _, sweep_args, _, training_args = script.parse_args([os.path.join(configs, "transfer_tiny.yaml")])
+    assert training_args.max_steps == 20 and training_args.optim_args == "momentum=0.9"  # YAML + recipe
+    _, sweep_args, _, training_args = script.parse_args(
+        [os.path.join(configs, "transfer_table6.yaml"), "--use_cpu", "true", "--max_steps", "7"])
+    assert sweep_args.sweep and sweep_args.datasets == list(TABLE6_DATASETS)
+    assert sweep_args.token_inits == ["robust", "0.25", "0.5", "0.75", "clean"] and training_args.max_steps == 7
+    with pytest.raises(ValueError, match="Unknown configuration keys"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("learning_rat: 0.1\n")
+        script.parse_args([str(bad)])
+
+
+@pytest.mark.parametrize("name", TABLE6_DATASETS)
+def test_every_table6_preset_schema_loads(tmp_path, name):
+    from hf_advsoup.data import DataArguments, load_image_dataset
+    from hf_advsoup.transfer import labels_from_dataset, preset_data_arguments
+
+    path = tiny_preset_dataset(tmp_path / name, name, n_train=12, n_eval=3)
+    args = preset_data_arguments(DataArguments(validation_fraction=0.25, verify_images=False), name, path)
+    ds = load_image_dataset(args)
+    assert set(ds) == {"train", "validation", "test"} and ds["train"].column_names == ["image", "label"]
+    assert labels_from_dataset(ds["train"]) == {i: f"{name}_class{i}" for i in range(3)}
+    # A validation split is carved out of train only where the data set has none.
+    carved = name in ("cifar10", "cifar100", "sun397")
+    assert len(ds["train"]) == (9 if carved else 12) and len(ds["validation"]) == 3
