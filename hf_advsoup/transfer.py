@@ -34,7 +34,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from .configuration_advsoup import validate_beta, validate_choice
@@ -826,7 +825,6 @@ def run_sweep(
     sources: dict[str, AdvSoupViTForImageClassification] = {}
     results: list[TransferResult] = []
     total = len(sweep_args.datasets) * len(sweep_args.strategies) * len(columns)
-    paths = None
     with tqdm(total=total, desc="transfer sweep") as progress:
         for dataset in sweep_args.datasets:
             dataset_dict = None
@@ -841,20 +839,25 @@ def run_sweep(
                         run_data_args = preset_data_arguments(data_args, dataset, local.get(dataset))
                         if dataset_dict is None:
                             dataset_dict = load_image_dataset(run_data_args)
+                        # --revision names a revision of the co-trained source, not of the baselines.
+                        revision = transfer_args.revision if source == transfer_args.model_name_or_path else None
                         if source not in sources:
                             sources[source] = AdvSoupViTForImageClassification.from_pretrained(
-                                source, revision=transfer_args.revision
+                                source, revision=revision
                             )
                         run_args = dataclasses.replace(
                             transfer_args, model_name_or_path=source, token_init=token_init, strategy=strategy,
+                            revision=revision,
                         )
                         run_training_args = dataclasses.replace(training_args, output_dir=out)
                         info = run_transfer(run_args, run_data_args, run_training_args, dataset_dict=dataset_dict,
                                             source_model=sources[source])
                     results.append(TransferResult(dataset=dataset, strategy=strategy, column=title,
                                                   accuracy=headline_metric(info.metrics or {})[1], output_dir=out))
-                    paths = write_results_table(results, root, name=sweep_args.table_name, **table_kwargs)
+                    if training_args.should_save:  # one writer under multi-process launches
+                        write_results_table(results, root, name=sweep_args.table_name, **table_kwargs)
                     progress.update()
+    paths = tuple(os.path.join(root, f"{sweep_args.table_name}.{ext}") for ext in ("md", "json"))
     return results, paths
 
 

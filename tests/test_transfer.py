@@ -18,7 +18,6 @@ from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
 from hf_advsoup.transfer import (
     CLS_TOKEN,
     PAPER_RECIPE,
-    STRATEGIES,
     TABLE6_DATASETS,
     TransferArguments,
     TransferInfo,
