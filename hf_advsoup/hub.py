@@ -222,13 +222,15 @@ def robustbench_summary(result: SoupEvaluation, dataset: str | None = None) -> s
 
 # --------------------------------------------------------------------------------------------------- training args
 TRAINING_DETAIL_KEYS = (
-    "dataset_name", "alpha", "adapter", "pooling", "train_attack", "train_attack_norm", "train_epsilon",
-    "train_attack_steps", "train_attack_step_size", "eval_attack", "num_train_epochs", "max_steps",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "base_learning_rate",
-    "optim", "adam_beta1", "adam_beta2", "weight_decay", "lr_scheduler_type", "warmup_epochs", "warmup_ratio",
-    "warmup_steps", "label_smoothing_factor", "ema_decay", "drop_path_rate", "mixup_alpha", "cutmix_alpha",
-    "randaugment_num_ops", "randaugment_magnitude", "randaugment_probability", "image_size", "patch_size",
-    "patch_stride", "hidden_size", "num_hidden_layers", "num_attention_heads", "seed", "bf16",
+    "model_name_or_path", "dataset_name", "adapter", "pooling", "image_size", "patch_size", "patch_stride",
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "drop_path_rate", "alpha",
+    "train_attack", "train_attack_norm", "train_epsilon", "train_attack_steps", "train_attack_step_size",
+    "eval_attack", "eval_epsilon", "eval_attack_steps", "num_train_epochs", "max_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "base_learning_rate", "optim",
+    "adam_beta1", "adam_beta2", "weight_decay", "lr_scheduler_type", "warmup_epochs", "warmup_ratio",
+    "warmup_steps", "label_smoothing_factor", "ema_decay", "crop_min_scale", "horizontal_flip",
+    "randaugment_num_layers", "randaugment_magnitude", "randaugment_prob", "mixup_alpha", "cutmix_alpha",
+    "seed", "bf16",
 )
 """Arguments shown in the card's training-details table, when the run recorded them (all are kept in
 ``training_args.json`` next to the card)."""
@@ -301,6 +303,10 @@ class CardInputs:
         default=None, metadata={"help": f"Key of PAPER_REFERENCES ({', '.join(PAPER_REFERENCES)})."}
     )
     training_arguments: dict[str, Any] | None = field(default=None, metadata={"help": "The run's arguments."})
+    training_arguments_source: str = field(
+        default="the run's arguments (all of them are in `training_args.json` next to this card)",
+        metadata={"help": "Where the training details come from, as said on the card."},
+    )
     plots: list[str] = field(default_factory=list, metadata={"help": "PNG file names next to the card."})
     description: str | None = field(default=None, metadata={"help": "Extra free text under the summary."})
     tags: list[str] = field(default_factory=lambda: list(DEFAULT_TAGS), metadata={"help": "Hub tags."})
@@ -370,6 +376,7 @@ def render_model_card(
         paper_title=PAPER_TITLE,
         paper_url=PAPER_URL,
         training_details=training_details(inputs.training_arguments),
+        training_source=inputs.training_arguments_source,
         citation=CITATION,
     )
     # Optional template blocks leave runs of blank lines; one is enough (no fenced block holds two in a row).

@@ -96,9 +96,12 @@ class SoupEvaluationArguments:
             "'autoattack': AutoAttack, needs pyautoattack), or 'none' for clean accuracy only."
         },
     )
-    epsilon: float | None = field(
+    epsilon: str | None = field(
         default=None,
-        metadata={"help": "Override the preset's perturbation radius, in [0, 1] pixel units (l_inf: 4/255 = 0.0157)."},
+        metadata={
+            "help": "Override the preset's perturbation radius, in [0, 1] pixel units, as a number or a fraction "
+            "('8/255'). Default: the preset's (l_inf 4/255, the paper's)."
+        },
     )
     attack_steps: int | None = field(default=None, metadata={"help": "Override the preset's number of steps."})
     batch_size: int = field(default=64, metadata={"help": "Batch size of clean and robust evaluation."})
@@ -157,8 +160,9 @@ class SoupEvaluationArguments:
                 f"min_clean_accuracy is a fraction in [0, 1], got {self.min_clean_accuracy} (did you mean "
                 f"{self.min_clean_accuracy / 100:g}?)."
             )
-        if self.epsilon is not None and not 0.0 <= self.epsilon <= 1.0:
-            raise ValueError(f"epsilon is in [0, 1] pixel units, got {self.epsilon} (did you mean {self.epsilon}/255?)")
+        if self.robust:
+            # Unknown presets, epsilon=4 for l_inf, ...: clear errors now rather than after the clean sweep.
+            build_attack(self.attack, epsilon=self.epsilon, steps=self.attack_steps)
 
     @property
     def all_betas(self) -> list[float]:
@@ -342,6 +346,8 @@ def describe_threat_model(threat: Mapping[str, Any]) -> str:
         parts.append(f"eps {in_255:g}/255 ({eps:.5f})" if abs(in_255 - round(in_255)) < 1e-6 else f"eps {eps:g}")
     if threat.get("steps") is not None:
         parts.append(f"{threat['steps']} steps")
+    if threat.get("version"):
+        parts.append(f"{threat['version']} version")
     return ", ".join(parts)
 
 
@@ -557,9 +563,10 @@ def clean_sweep(
 
 
 # --------------------------------------------------------------------------------------------------- robust sweeps
-def build_attack(name: str, *, epsilon: float | None = None, steps: int | None = None):
+def build_attack(name: str, *, epsilon: float | str | None = None, steps: int | None = None):
     """The :class:`~hf_advsoup.attacks.AttackConfig` of preset ``name`` (``"pgd40"``, ``"autoattack"``, ``"pgd2"``,
-    ...) with optional ``epsilon`` (pixel units) and ``steps`` overrides."""
+    ...) with optional ``epsilon`` (pixel units, a number or a fraction such as ``"8/255"``) and ``steps``
+    overrides."""
     from .attacks import PRESETS, AttackConfig
 
     if name not in PRESETS:
@@ -586,7 +593,9 @@ def threat_model_of(config, preset: str | None = None) -> dict[str, Any]:
         "attack": preset or config.name,
         "norm": config.norm,
         "epsilon": float(config.epsilon),
-        "steps": int(config.steps),
+        # AutoAttack runs its own schedule (APGD-CE, APGD-T, FAB-T, Square): no single step count.
+        "steps": int(config.steps) if config.name != "autoattack" else None,
+        "version": config.autoattack_version if config.name == "autoattack" else None,
         "restarts": int(config.restarts),
         "step_size": float(config.effective_step_size) if config.name != "autoattack" else None,
         "loss": config.loss,

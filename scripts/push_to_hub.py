@@ -22,6 +22,7 @@ stops before writing or creating anything, with a message saying what to do.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -105,8 +106,12 @@ def _apply_spec(args: PushArguments) -> tuple[PushArguments, dict]:
         if spec.get(key):
             spec[key] = str((base / spec[key]).resolve()) if not Path(spec[key]).is_absolute() else spec[key]
     if spec.get("recipe"):
+        # The recipe the project ships for this configuration: its arguments are the run's arguments (when the
+        # file exists; otherwise the spec's inline `training_arguments` are used).
         recipe = Path(spec["recipe"])
-        spec["training_args_file"] = str(recipe if recipe.is_absolute() else (base / recipe).resolve())
+        recipe = recipe if recipe.is_absolute() else (base / recipe).resolve()
+        if recipe.is_file():
+            spec["training_args_file"] = str(recipe)
     defaults = PushArguments()
     for key in ("repo_id", "results_dir", "paper_reference", "training_args_file", "license", "base_model",
                 "description", "card_path"):
@@ -115,8 +120,9 @@ def _apply_spec(args: PushArguments) -> tuple[PushArguments, dict]:
     return args, spec
 
 
-def build_card(args: PushArguments, spec: dict, model_config=None):
-    """Render the card and list the files that go with it (plots, results)."""
+def build_card(args: PushArguments, spec: dict, model_config=None, plot_base: Path | None = None):
+    """Render the card and list the files that go with it (plots, results). Plot links are file names (the files
+    are staged next to the card) or, with ``plot_base``, paths relative to it (a card rendered in place)."""
     result, extra_files, plots = None, [], []
     if args.results_dir is not None:
         results_dir = Path(args.results_dir)
@@ -126,8 +132,8 @@ def build_card(args: PushArguments, spec: dict, model_config=None):
         extra_files = [results_dir / name for name in RESULT_FILES if (results_dir / name).is_file()]
         pngs = sorted(results_dir.glob("*.png"), key=lambda p: (not p.stem.startswith("tradeoff"), p.name))
         extra_files += pngs
-        plots = [p.name for p in pngs]
-    training_arguments = None
+        plots = [os.path.relpath(p, plot_base) if plot_base is not None else p.name for p in pngs]
+    training_arguments = dict(spec["training_arguments"]) if spec.get("training_arguments") else None
     if args.training_args_file is not None:
         training_arguments = load_training_arguments(args.training_args_file)
     elif args.model_name_or_path is not None:
@@ -155,7 +161,20 @@ def build_card(args: PushArguments, spec: dict, model_config=None):
         plots=plots,
         description=args.description,
     )
+    if spec.get("training_arguments_source"):
+        inputs.training_arguments_source = spec["training_arguments_source"]
+    elif args.card_only and training_arguments:
+        source = args.training_args_file or args.card_spec
+        inputs.training_arguments_source = f"the configuration's recipe (`{_display_path(source)}`)"
     return render_model_card(inputs, result, model_config), extra_files, training_arguments
+
+
+def _display_path(path: str) -> str:
+    """``path`` relative to the working directory when it is below it (repository-relative in rendered cards)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -167,7 +186,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.card_only:
         if args.card_path is None:
             raise SystemExit("--card_only needs --card_path (or card_path in --card_spec).")
-        card, _, _ = build_card(args, spec)
+        card, _, _ = build_card(args, spec, plot_base=Path(args.card_path).resolve().parent)
         Path(args.card_path).parent.mkdir(parents=True, exist_ok=True)
         card.save(args.card_path)
         logger.info("Wrote the card %s", args.card_path)
