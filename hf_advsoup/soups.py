@@ -722,7 +722,7 @@ def interpolate_weights_(
         elif beta == 0.0:
             target.copy_(b)
         else:
-            target.copy_(a).mul_(beta).add_(b.to(target.dtype), alpha=1.0 - beta)
+            target.copy_(a).mul_(beta).add_(b.to(device=target.device, dtype=target.dtype), alpha=1.0 - beta)
     return model
 
 
@@ -930,7 +930,9 @@ def evaluate_soups(
         records += robust_sweep(model, robust_data, args.all_betas, attack_config, attack_name=args.attack,
                                 **robust_common)
         if args.ensemble_betas:
-            records += robust_sweep(model, robust_data, args.ensemble_betas, attack_config, family="ensemble",
+            records += _ensemble_endpoints(records, name, args.ensemble_betas)
+            inner = [b for b in args.ensemble_betas if b not in (0.0, 1.0)]
+            records += robust_sweep(model, robust_data, inner, attack_config, family="ensemble",
                                     attack_name=args.attack, **robust_common)
         if landscape_config is not None:
             records += robust_sweep(model, robust_data, [], landscape_config, landscape=grid,
@@ -960,6 +962,22 @@ def evaluate_soups(
     }
     result.selection = select_soups(result, min_clean_accuracy=args.min_clean_accuracy)
     return result
+
+
+def _ensemble_endpoints(records: Sequence[SoupRecord], dataset: str, ensemble_betas: Sequence[float]):
+    """Robust accuracy of the ensembles at beta = 0 and 1 from the soups' (no second attack).
+
+    At an endpoint the ensemble's output is ``log_softmax`` of one mode's logits: a per-example shift of the logits,
+    which leaves the margin, cross-entropy and DLR losses (and so the attack and the prediction) unchanged. The
+    forward passes are doubled: that is what the ensemble, which still runs both modes, would have cost.
+    """
+    out = []
+    for r in records:
+        if (r.dataset == dataset and r.family == "soup" and r.metric == "robust_accuracy" and r.beta2 is None
+                and r.beta in (0.0, 1.0) and r.beta in ensemble_betas):
+            out.append(dataclasses.replace(r, family="ensemble", forward_passes=2 * r.forward_passes,
+                                           compute=COMPUTE["ensemble"]))
+    return out
 
 
 def select_soups(result: SoupEvaluation, *, min_clean_accuracy: float | None = None) -> dict[str, Any]:

@@ -203,6 +203,10 @@ def test_evaluate_soups_json_carries_every_setting(tmp_path):
     assert not any(r["beta"] == 1.05 and r["family"] == "ensemble" for r in rows)
     assert {r["metric"] for r in rows if r["family"] == "landscape"} == {"clean_accuracy", "robust_accuracy"}
     assert "most_robust_soup_with_min_clean_accuracy" in data["selection"]
+    # Ensembles at the endpoints are the modes: their robust numbers come from the soups' attack (at twice the cost).
+    soup_end = next(r for r in robust if r["family"] == "soup" and r["beta"] == 0.0)
+    ens_end = next(r for r in robust if r["family"] == "ensemble" and r["beta"] == 0.0)
+    assert ens_end["value"] == soup_end["value"] and ens_end["forward_passes"] == 2 * soup_end["forward_passes"]
     assert SoupEvaluation.load_json(paths["json"]).records == result.records
     csv_lines = paths["csv"].read_text().splitlines()
     assert csv_lines[0].startswith("dataset,family,beta,beta2,metric,value") and len(csv_lines) == len(rows) + 1
