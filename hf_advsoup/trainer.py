@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import Trainer, TrainerCallback, get_scheduler
+from transformers import PreTrainedModel, Trainer, TrainerCallback, get_scheduler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .attacks import Normalization, attack
 from .training_args import CoTrainingArguments
@@ -577,7 +578,21 @@ class CoTrainer(Trainer):
             return super().save_model(output_dir, _internal_call)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        has_weights = any(
+            os.path.isfile(os.path.join(resume_from_checkpoint, name))
+            for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
+        )
+        if has_weights and not self.is_fsdp_enabled and isinstance(unwrapped, PreTrainedModel):
+            # Trainer (transformers 5.24) loads the file's keys as they are, but save_pretrained writes ViT's legacy
+            # key names (vit.encoder.layer.N...): the layers would silently keep their current weights. Loading
+            # through from_pretrained applies the key conversion; strict loading then catches any gap.
+            logger.info("Loading model weights from %s (with checkpoint key conversion).", resume_from_checkpoint)
+            reloaded = type(unwrapped).from_pretrained(resume_from_checkpoint, dtype=unwrapped.dtype)
+            unwrapped.load_state_dict(reloaded.state_dict(), strict=True)
+            del reloaded
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.ema is None:
             return
         path = os.path.join(resume_from_checkpoint, EMA_WEIGHTS_NAME)
