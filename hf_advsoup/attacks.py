@@ -564,7 +564,7 @@ def attack(
 
     # Inputs made under inference_mode cannot join an autograd graph; a clone made here can.
     pixel_values32 = pixel_values.detach().float().clone()
-    labels = labels.detach().to(pixel_values.device)
+    labels = labels.detach().to(pixel_values.device).long()
     images = normalization.to_pixels(pixel_values32)
     low, high = images.min().item(), images.max().item()
     if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
