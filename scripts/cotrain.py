@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +38,7 @@ from transformers import AutoImageProcessor, HfArgumentParser, ViTImageProcessor
 from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
 from hf_advsoup.augmentation import AugmentationArguments, BatchAugmenter
 from hf_advsoup.configuration_advsoup import ADAPTER_TYPES, POOLING_TYPES
-from hf_advsoup.data import DataArguments, collate_fn, load_image_dataset, set_image_transforms
+from hf_advsoup.data import DATASET_PRESETS, DataArguments, collate_fn, load_image_dataset, set_image_transforms
 from hf_advsoup.trainer import CoTrainer
 from hf_advsoup.training_args import CoTrainingArguments
 
@@ -203,8 +202,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     dataset = load_image_dataset(data_args)
     labels = dataset["train"].features["label"]
     id2label = {i: name for i, name in enumerate(labels.names)}
-    from hf_advsoup.data import DATASET_PRESETS
-
     preset = DATASET_PRESETS.get(data_args.dataset_name)
     image_size = model_args.image_size or (preset.image_size if preset is not None else 224)
     processor = build_image_processor(model_args, image_size)

@@ -3,7 +3,6 @@
 documented."""
 
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
