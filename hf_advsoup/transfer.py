@@ -142,7 +142,7 @@ PAPER_RECIPE = TransferRecipe()
 class TransferArguments:
     """What to transfer and how (model side). Data and optimisation come from the data and Trainer arguments."""
 
-    model_name_or_path: str = field(
+    model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Co-trained source checkpoint: a local folder or a Hub id (required)."},
     )
@@ -475,8 +475,8 @@ _CARD_TEMPLATE = """---
 # {title}
 
 This model was fine-tuned with `hf_advsoup.transfer` (appendix C of Rebuffi, Croce & Gowal, "Revisiting adapters
-with adversarial training", ICLR 2023). It is a single-copy ViT: the soup of the
-co-trained model's clean and adversarial adapters was baked in before fine-tuning.
+with adversarial training", ICLR 2023). It is a single-copy ViT: the soup of the co-trained model's clean and
+adversarial adapters at the beta below was baked in before fine-tuning.
 
 | | |
 |---|---|
