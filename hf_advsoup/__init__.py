@@ -2,8 +2,11 @@
 
 Importing the package registers ``AdvSoupViTConfig`` and ``AdvSoupViTForImageClassification`` with the transformers
 Auto classes, so ``AutoModelForImageClassification.from_pretrained(path, beta=0.5)`` and
-``pipeline("image-classification", model=path)`` work on saved soups.
+``pipeline("image-classification", model=path)`` work on saved soups. The other modules (attacks, data, training,
+soups, hub, transfer) load on first use of one of their names, so ``import hf_advsoup`` stays light.
 """
+
+import importlib
 
 from transformers import AutoConfig, AutoModelForImageClassification
 
@@ -19,6 +22,35 @@ AutoModelForImageClassification.register(AdvSoupViTConfig, AdvSoupViTForImageCla
 AdvSoupViTConfig.register_for_auto_class()
 AdvSoupViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
+_LAZY = {
+    "attacks": ["AttackConfig", "Normalization", "PRESETS", "PixelSpaceLogits", "attack", "format_epsilon",
+                "parse_epsilon"],
+    "evaluation": ["RobustnessResult", "evaluate_robustness"],
+    "data": ["DATASET_PRESETS", "DataArguments", "DatasetPreset", "DatasetUnavailableError", "build_transforms",
+             "collate_fn", "find_preset", "load_digits_dataset", "load_image_dataset", "set_image_transforms",
+             "to_rgb"],
+    "augmentation": ["AugmentationArguments", "BatchAugmenter"],
+    "training_args": ["CoTrainingArguments"],
+    "trainer": ["CoTrainer", "EMACallback", "CatastrophicOverfittingCallback", "NonFiniteLossError"],
+    "soups": ["SoupEvaluationArguments", "SoupEvaluation", "evaluate_soups", "select_soups"],
+    "hub": ["render_model_card", "push_folder"],
+    "transfer": ["TransferArguments", "TransferRecipe", "run_transfer", "run_sweep"],
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))
+
+
 __all__ = [
     "ADAPTER_TYPES",
     "POOLING_TYPES",
@@ -27,4 +59,5 @@ __all__ = [
     "adapter_parameter_names",
     "soup_weights",
     "__version__",
+    *_WHERE,
 ]

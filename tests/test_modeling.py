@@ -352,3 +352,12 @@ def test_activation_checkpointing_gives_the_same_gradients():
     model(x, labels=labels, beta=beta).loss.backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, reference[name], rtol=0, atol=1e-6)
+
+
+def test_package_exports_resolve():
+    import hf_advsoup
+
+    for name in hf_advsoup.__all__:
+        assert getattr(hf_advsoup, name) is not None
+    with pytest.raises(AttributeError):
+        hf_advsoup.not_a_name

@@ -1,0 +1,16 @@
+"""Suite-wide settings: one intra-op thread per test process.
+
+The tests run tiny models where thread start-up costs more than it saves, and CI machines are small and shared:
+with two threads per process an oversubscribed core made a tiny AutoAttack test 25x slower.
+"""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
