@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import transformers
@@ -38,7 +39,7 @@ from transformers import AutoImageProcessor, HfArgumentParser, ViTImageProcessor
 from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
 from hf_advsoup.augmentation import AugmentationArguments, BatchAugmenter
 from hf_advsoup.configuration_advsoup import ADAPTER_TYPES, POOLING_TYPES
-from hf_advsoup.data import DATASET_PRESETS, DataArguments, collate_fn, load_image_dataset, set_image_transforms
+from hf_advsoup.data import DataArguments, collate_fn, find_preset, load_image_dataset, set_image_transforms
 from hf_advsoup.trainer import CoTrainer
 from hf_advsoup.training_args import CoTrainingArguments
 
@@ -190,6 +191,20 @@ def build_model(model_args: ModelArguments, num_labels: int, image_size: int, id
     return AdvSoupViTForImageClassification(config)
 
 
+def save_run_arguments(output_dir: str, *groups) -> str:
+    """Write every argument group of the run to ``output_dir/run_args.json`` (read by ``scripts/push_to_hub.py`` for
+    the model card's training details; unlike ``training_args.bin`` it is plain JSON)."""
+    os.makedirs(output_dir, exist_ok=True)
+    names = ("model_args", "data_args", "augmentation_args", "training_args")
+    payload = {
+        name: (group.to_dict() if hasattr(group, "to_dict") else asdict(group)) for name, group in zip(names, groups)
+    }
+    path = os.path.join(output_dir, "run_args.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run co-training; return the final evaluation metrics (EMA weights)."""
     model_args, data_args, aug_args, training_args = parse_arguments(argv)
@@ -202,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     dataset = load_image_dataset(data_args)
     labels = dataset["train"].features["label"]
     id2label = {i: name for i, name in enumerate(labels.names)}
-    preset = DATASET_PRESETS.get(data_args.dataset_name)
+    preset = find_preset(data_args.dataset_name)  # a preset name or a preset's Hub id
     image_size = model_args.image_size or (preset.image_size if preset is not None else 224)
     processor = build_image_processor(model_args, image_size)
     model = build_model(model_args, labels.num_classes, image_size, id2label)
@@ -226,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=processor,
         batch_augmenter=augmenter,
     )
+    if trainer.is_world_process_zero():
+        save_run_arguments(training_args.output_dir, model_args, data_args, aug_args, training_args)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()  # EMA weights + image processor + remote code
     trainer.log_metrics("train", train_result.metrics)
@@ -235,6 +252,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
+    if "test" in dataset:
+        # The split the paper reports on, where the validation split was carved out of train.
+        test_metrics = trainer.evaluate(dataset["test"], metric_key_prefix="test")
+        trainer.log_metrics("test", test_metrics)
+        trainer.save_metrics("test", test_metrics)
+        metrics.update(test_metrics)
     if trainer.is_world_process_zero():
         print(
             f"Saved to {training_args.output_dir}: clean accuracy (clean mode) "

@@ -3,6 +3,7 @@
 documented."""
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def test_embedded_digits_end_to_end_gives_a_loadable_model(tmp_path):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["eval_robust_eval_samples"] == 16
     assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
+    run_args = json.loads((out / "run_args.json").read_text())
+    assert run_args["training_args"]["alpha"] == 0.5 and run_args["model_args"]["adapter"] == "cls_token"
 
     model = AutoModelForImageClassification.from_pretrained(out, beta=0.5)
     assert model.config.beta == 0.5 and model.config.adapter == "cls_token" and model.config.num_labels == 10
