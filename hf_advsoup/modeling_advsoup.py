@@ -180,6 +180,9 @@ class AdvSoupViTForImageClassification(ViTForImageClassification):
         return soup_weights(self.clean_adapter(), self.adversarial_adapter_parameters(), beta, beta2)
 
     def _resolve_beta(self, beta, batch_size: int, name: str = "beta") -> Beta:
+        if torch.compiler.is_compiling() and isinstance(beta, (int, float)):
+            # Under torch.compile a float may be traced symbolically: validate in eager mode only.
+            return beta
         if beta is None:
             return validate_beta(self.config.beta)
         if isinstance(beta, torch.Tensor):
@@ -189,7 +192,8 @@ class AdvSoupViTForImageClassification(ViTForImageClassification):
                 raise ValueError(
                     f"A per-sample {name} must have shape (batch_size,) = ({batch_size},), got {tuple(beta.shape)}."
                 )
-            if not torch.isfinite(beta).all():
+            # A data-dependent check would break a torch.compile graph (and sync a GPU): eager mode only.
+            if not torch.compiler.is_compiling() and not torch.isfinite(beta).all():
                 raise ValueError(f"{name} must be finite; got non-finite values in the per-sample tensor.")
             return beta.to(device=self.device, dtype=torch.float32)
         return validate_beta(beta)

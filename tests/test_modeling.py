@@ -361,3 +361,15 @@ def test_package_exports_resolve():
         assert getattr(hf_advsoup, name) is not None
     with pytest.raises(AttributeError):
         hf_advsoup.not_a_name
+
+
+@pytest.mark.parametrize("adapter", ["cls_token", "patch_embed"])
+def test_forward_compiles_as_one_graph(adapter):
+    """torch.compile (the Trainer's --torch_compile) traces a soup forward without graph breaks, for a scalar
+    and a per-sample beta; the eager backend keeps the test fast, the trace is what matters."""
+    model = make_model(adapter=adapter)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = images()
+    with torch.no_grad():
+        for beta in (0.3, torch.tensor([1.0, 0.0, 1.0, 0.0])):
+            torch.testing.assert_close(compiled(x, beta=beta).logits, model(x, beta=beta).logits, rtol=0, atol=1e-6)
