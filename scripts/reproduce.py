@@ -156,6 +156,11 @@ class ReproduceArguments:
         metadata={"help": "Reuse a finished run of --work_dir trained with the same arguments (its recorded wall "
                   "time is reported, and the report says it was reused)."},
     )
+    report_only: bool = field(
+        default=False,
+        metadata={"help": "Rewrite README.md from --output_dir/results.json (and soup_results.json) without training "
+                  "or evaluating anything (after a change of the report's wording)."},
+    )
     threads: int = field(
         default=1,
         metadata={"help": "torch threads. 1 is fastest for these tiny models on a shared 2-core machine."},
@@ -253,6 +258,54 @@ def catastrophic_overfitting(history: list[dict[str, Any]]) -> dict[str, Any]:
             break
         best = max(best, value)
     return out
+
+
+RECIPE_KEYS = {
+    "model_args": ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size",
+                   "patch_stride", "pooling", "drop_path_rate", "image_size"),
+    "data_args": ("random_resized_crop", "crop_min_scale", "horizontal_flip"),
+    "augmentation_args": ("randaugment_num_layers", "mixup_alpha", "cutmix_alpha"),
+    "training_args": ("num_train_epochs", "per_device_train_batch_size", "optim", "adam_beta1", "adam_beta2",
+                      "base_learning_rate", "learning_rate", "lr_scheduler_type", "warmup_epochs", "weight_decay",
+                      "label_smoothing_factor", "ema_decay", "max_grad_norm"),
+}
+
+
+def recipe_of(run_dir: Path) -> dict[str, Any]:
+    """The settings shared by the study's runs, read from the ``run_args.json`` that ``scripts/cotrain.py`` writes
+    (so the report states what was run, not what we believe the defaults are)."""
+    path = Path(run_dir) / "run_args.json"
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    return {key: saved.get(group, {}).get(key) for group, keys in RECIPE_KEYS.items() for key in keys}
+
+
+def describe_recipe(r: dict[str, Any]) -> tuple[str, str]:
+    """(model row, training row) of the report's setup table from :func:`recipe_of`."""
+    model = (f"ViT, hidden {r['hidden_size']}, {r['num_hidden_layers']} layers, {r['num_attention_heads']} heads, "
+             f"MLP {r['intermediate_size']}, patch {r['patch_size']}"
+             + (f" stride {r['patch_stride']}" if r.get("patch_stride") else "")
+             + f", {r['pooling']}-pooled head, stochastic depth {r['drop_path_rate']:g}, {r['image_size']}x"
+             f"{r['image_size']} inputs")
+    crops = (f"random resized crops (min scale {r['crop_min_scale']:g})" if r["random_resized_crop"] else "no crops")
+    training = (f"{r['num_train_epochs']:g} epochs, batch {r['per_device_train_batch_size']}, {r['optim']} (betas "
+                f"{r['adam_beta1']:g}, {r['adam_beta2']:g}), lr {r['learning_rate']:g} (base {r['base_learning_rate']:g}"
+                f" per 256), {r['lr_scheduler_type']} schedule with {r['warmup_epochs']:g} warm-up epoch(s), weight "
+                f"decay {r['weight_decay']:g}, label smoothing {r['label_smoothing_factor']:g}, gradient clipping "
+                f"{r['max_grad_norm']:g}, EMA {r['ema_decay']:g} (evaluated and saved), {crops}, "
+                f"{'horizontal flips' if r['horizontal_flip'] else 'no flips'}, RandAugment layers "
+                f"{r['randaugment_num_layers']}, mixup {r['mixup_alpha']:g}, CutMix {r['cutmix_alpha']:g}; "
+                "co-training attack PGD-2 unless stated")
+    return model, training
+
+
+def describe_attack(config) -> str:
+    """``pgd40`` as configured: optimiser step and decay, from the :class:`AttackConfig` itself."""
+    decay = getattr(config, "lr_decay_steps", None)
+    return (f"PGD-{config.steps} (`pgd40` preset, {config.steps} steps, Adam step {config.step_size:g}"
+            + (f" decayed 10x at steps {', '.join(str(d) for d in decay)}" if decay else "")
+            + f", {'random start' if config.random_start else 'no random start'})")
 
 
 def class_subset(dataset_dict, classes: list[int]):
@@ -423,7 +476,7 @@ class Study:
         ]
         record = {
             "name": spec.name, "title": spec.title, "spec": dataclasses.asdict(spec), "argv": argv,
-            "wall_time_s": wall, "history": history,
+            "wall_time_s": wall, "history": history, "recipe": recipe_of(output_dir),
             "catastrophic_overfitting": catastrophic_overfitting(history), "reused": False,
         }
         record_path.write_text(json.dumps(record, indent=2))
@@ -606,12 +659,12 @@ class Study:
 
     def section_table2(self) -> dict[str, Any]:
         attacks = [
-            ("PGD-2 (step 2.5/255 per 4/255, the default)", "pgd2", None),
-            ("PGD-5 (step 1/255 per 4/255)", "pgd5", None),
-            ("FAST-AT, step = eps (the paper's fix)", "fast_at", None),
-            ("N-FGSM, step = 0.75 eps (the paper's fix)", "nfgsm", None),
-            ("FAST-AT, step = 1.25 eps (Wong et al.'s recommendation)", "fast_at", 1.25),
-            ("N-FGSM, step = eps (de Jorge et al.'s recommendation)", "nfgsm", 1.0),
+            ("PGD-2 (the default)", "pgd2", None),
+            ("PGD-5", "pgd5", None),
+            ("FAST-AT, the paper's reduced step", "fast_at", None),
+            ("N-FGSM, the paper's reduced step", "nfgsm", None),
+            ("FAST-AT, Wong et al.'s recommended step", "fast_at", 1.25),
+            ("N-FGSM, de Jorge et al.'s recommended step", "nfgsm", 1.0),
         ]
         rows = []
         for title, attack, factor in attacks:
@@ -682,6 +735,14 @@ class Study:
                    ("Co-trained, robust mode", "Co-trained", "robust"), ("Co-trained, clean mode", "Co-trained",
                                                                          "clean")]
         steps = self.args.transfer_steps
+        # The paper's recipe (appendix C) with fewer steps and a smaller batch; no flips: digits are not symmetric.
+        data_defaults = {**PAPER_RECIPE.data_defaults(), "horizontal_flip": False}
+        training = {**PAPER_RECIPE.training_defaults(), "max_steps": steps, "warmup_steps": max(1, steps // 10),
+                    "per_device_train_batch_size": 64}
+        recipe = {k: v for k, v in {**training, **data_defaults}.items() if k not in ("alpha", "robust_eval_samples")}
+        training.update({"per_device_eval_batch_size": 256, "eval_strategy": "no", "save_strategy": "no",
+                         "logging_strategy": "no", "report_to": "none", "seed": self.args.seed,
+                         "disable_tqdm": True, "log_level": "warning"})
         cells = []
         for strategy in self.args.transfer_strategies:
             for column, source, token_init in columns:
@@ -689,13 +750,7 @@ class Study:
                 start = time.perf_counter()
                 transfer_args = TransferArguments(model_name_or_path=str(self.model_dir(sources[source].name)),
                                                   token_init=token_init, strategy=strategy)
-                data_args = DataArguments(dataset_name=self.args.dataset_name,
-                                          **{**PAPER_RECIPE.data_defaults(), "horizontal_flip": False})
-                training = {**PAPER_RECIPE.training_defaults(), "max_steps": steps,
-                            "warmup_steps": max(1, steps // 10), "per_device_train_batch_size": 64,
-                            "per_device_eval_batch_size": 256, "eval_strategy": "no", "save_strategy": "no",
-                            "logging_strategy": "no", "report_to": "none", "seed": self.args.seed,
-                            "disable_tqdm": True, "log_level": "warning"}
+                data_args = DataArguments(dataset_name=self.args.dataset_name, **data_defaults)
                 logger.info("Transfer %s (%s token) -> classes %s-%s, strategy %s, %d steps", source, token_init,
                             second[0], second[-1], strategy, steps)
                 info = run_transfer(transfer_args, data_args, CoTrainingArguments(output_dir=str(out), **training),
@@ -706,8 +761,7 @@ class Study:
                 logger.info("  accuracy %s", pct(cells[-1]["accuracy"]))
         return {"source_classes": first, "target_classes": second, "pretrain": pretrain, "cells": cells,
                 "columns": [c[0] for c in columns], "strategies": list(self.args.transfer_strategies),
-                "steps": steps, "recipe": {**PAPER_RECIPE.training_defaults(), "max_steps": steps,
-                                           "per_device_train_batch_size": 64, "horizontal_flip": False}}
+                "steps": steps, "recipe": recipe}
 
 
 def choose_epsilon(rows: list[dict[str, Any]], max_nominal_robust: float = 0.10,
@@ -886,7 +940,7 @@ def observations(study: Study) -> dict[str, list[str]]:
             if r["preset"] in ("fast_at", "nfgsm") and p2:
                 d = r["robust_accuracy"] - p2["robust_accuracy"]
                 co = r["catastrophic_overfitting"]
-                s.append(f"{r['attack']}: {pct(r['robust_accuracy'])} robust accuracy, {points(d, 0)} "
+                s.append(f"{r['attack']} ({r['step_over_eps']:.3g} eps): {pct(r['robust_accuracy'])} robust accuracy, {points(d, 0)} "
                          f"{'above' if d >= 0 else 'below'} PGD-2; catastrophic overfitting "
                          + (f"detected at epoch {co['epoch']:g} (monitored robust accuracy {pct(co['best_before'])} "
                             f"-> {pct(co['after'])})." if co["detected"] else "not detected."))
@@ -947,6 +1001,9 @@ def render_report(study: Study) -> str:
         logger.warning("No YAML front matter: %s", error)
     if front:
         lines += ["---", front, "---", ""]
+    recipe = next((r["recipe"] for r in R["runs"].values() if r.get("recipe") and r["spec"]["dataset"] is None),
+                  None)
+    model_row, training_row = describe_recipe(recipe) if recipe else ("—", "—")
     lines += [
         f"# Adversarial co-training and soups on {a.dataset_name}, in small: a reproduction study",
         "",
@@ -965,17 +1022,15 @@ def render_report(study: Study) -> str:
         f"| command | `{R['command']}` |",
         f"| data | `{a.dataset_name}`: {R['data']['num_train']} training / {R['data']['num_validation']} validation "
         f"images, {R['data']['num_classes']} classes, {study.image_size()}x{study.image_size()} inputs |",
-        f"| model | ViT, hidden {a.hidden_size}, {a.num_hidden_layers} layers, {a.num_attention_heads} heads, MLP "
-        f"{a.intermediate_size}, patch 4, mean-pooled head (`scripts/cotrain.py` defaults otherwise) |",
-        f"| training | {a.num_train_epochs} epochs, batch 64, AdamW, base lr 1e-2 (cosine, 1 warm-up epoch), weight decay "
-        "0.05, label smoothing 0 (the digits recipe `scripts/configs/digits_tiny.yaml`), EMA 0.99, no "
-        "RandAugment/mixup; co-training attack PGD-2 unless stated |",
+        f"| model | {model_row} |",
+        f"| training | {training_row} (`scripts/cotrain.py` with its embedded digits recipe; every run's arguments are "
+        "in `results.json`) |",
         f"| epsilon | l_inf {study.epsilon} in [0, 1] pixel units"
         f"{' (chosen by the sweep below)' if 'epsilon' in S else ' (given)'} |",
         f"| clean accuracy | clean mode (beta = 1), all {R['data']['num_validation']} validation images |",
-        f"| robust accuracy | robust mode (beta = 0), PGD-40 (`pgd40` preset: Adam, step 0.1 decayed at 20 and 30"
-        f"{f', shortened to {a.attack_steps} steps' if a.attack_steps else ''}) at {study.epsilon} on the first "
-        f"{R['data']['num_robust']} validation images |",
+        f"| robust accuracy | robust mode (beta = 0), {describe_attack(study.attack(study.epsilon or '8/255'))}, "
+        f"l_inf {study.epsilon}, on the first {R['data']['num_robust']} validation images; a misclassified clean "
+        "image counts as not robust |",
         f"| monitoring | after each epoch: robust accuracy with PGD-{a.monitor_steps} on {a.monitor_samples} "
         "validation images (catastrophic-overfitting detector) |",
         f"| seed | {a.seed} (every run, data order, attack) |",
@@ -1059,10 +1114,10 @@ def render_report(study: Study) -> str:
         tgt = "-".join(str(x) for x in (T["target_classes"][0], T["target_classes"][-1]))
         lines += ["## Table 6 in small: transfer", "",
                   f"Pre-training on classes {src} (same recipe as above), transfer to classes {tgt} (new labels, "
-                  f"new head) with `hf_advsoup.transfer.run_transfer`: the paper's recipe (SGD momentum 0.9, "
-                  f"clipping 1, no weight decay, label smoothing 0.1, lr 0.01 with warm-up then cosine, EMA 0.999) "
-                  f"but {T['steps']} steps at batch 64 and no horizontal flip (digits are not mirror-symmetric). "
-                  f"Clean accuracy on the validation images of classes {tgt}.", "",
+                  f"new head) with `hf_advsoup.transfer.run_transfer`, the paper's recipe (`PAPER_RECIPE`) with "
+                  f"fewer steps, a smaller batch and no flips (digits are not mirror-symmetric): "
+                  + ", ".join(f"{k} {v}" for k, v in T["recipe"].items()) +
+                  f". Clean accuracy on the validation images of classes {tgt}.", "",
                   "Pre-trained sources on classes " + src + ": " + ", ".join(
                       f"{k} {pct(v['clean_accuracy'])} clean / {pct(v['robust_accuracy'])} robust" for k, v in
                       T["pretrain"].items()) + ".", "",
@@ -1117,6 +1172,29 @@ def write_outputs(study: Study) -> None:
     (study.output_dir / "README.md").write_text(render_report(study))
 
 
+def _float_keys(curves: dict[str, Any]) -> dict[str, Any]:
+    return {fam: {m: {float(b): v for b, v in c.items()} for m, c in d.items()} for fam, d in curves.items()}
+
+
+def rewrite_report(output_dir: Path) -> dict[str, Any]:
+    """``--report_only``: render README.md again from the saved results (no run, no evaluation)."""
+    from hf_advsoup.soups import SoupEvaluation
+
+    saved = json.loads((output_dir / "results.json").read_text())
+    arguments = {k: v for k, v in saved["arguments"].items() if k in ReproduceArguments.__dataclass_fields__}
+    arguments["output_dir"] = str(output_dir)
+    study = Study(ReproduceArguments(**arguments))
+    study.epsilon = saved["epsilon"]
+    study.results = {k: v for k, v in saved.items() if k not in ("epsilon", "arguments", "observations")}
+    if "soups" in study.results["sections"]:
+        study.results["sections"]["soups"]["curves"] = _float_keys(study.results["sections"]["soups"]["curves"])
+        if (output_dir / "soup_results.json").exists():
+            study._soup_result = SoupEvaluation.load_json(output_dir / "soup_results.json")
+    (output_dir / "README.md").write_text(render_report(study))
+    logger.info("Rewrote %s from results.json", output_dir / "README.md")
+    return study.results
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the requested sections, write the report after each one, return the results dictionary."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1124,6 +1202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.report_only:
+        return rewrite_report(Path(args.output_dir))
     study = Study(args)
     total_start = time.perf_counter()
     data = study.load_dataset()

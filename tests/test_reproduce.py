@@ -116,6 +116,12 @@ def test_minuscule_study_end_to_end_writes_the_report_from_the_numbers(tmp_path)
     assert transfer["target_classes"] == [5, 6, 7, 8, 9] and len(transfer["cells"]) == 8
     assert all(0.0 <= c["accuracy"] <= 1.0 for c in transfer["cells"])
 
+    # --report_only renders the same card from results.json alone (no run, no evaluation).
+    first = (out / "README.md").read_text()
+    (out / "README.md").unlink()
+    reproduce.main(["--report_only", "--output_dir", str(out)])
+    assert (out / "README.md").read_text() == first
+
     # A second invocation reuses every finished run (no training) and says so in the report.
     again = reproduce.main(["--output_dir", str(out), "--work_dir", str(work), *MINUSCULE, "--sections", "table1",
                             "--epsilon", eps])
