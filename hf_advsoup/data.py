@@ -7,6 +7,8 @@ Everything here produces the canonical layout the rest of the library expects:
   the source has a distinct labelled test split, ``test``; each split has exactly two columns, ``image``
   (:class:`datasets.Image`) and ``label`` (:class:`datasets.ClassLabel` with names). Corrupt images are removed
   and counted (``dataset_dict.report.num_corrupt_images``), never trained on.
+* ``load_eval_split(name, split) -> datasets.Dataset``: ONE split in the same layout (for evaluation), without a
+  train split and, for Hub ids, without downloading the other splits.
 * ``build_transforms(...)`` returns a callable for :meth:`datasets.Dataset.set_transform` that turns a batch of
   rows into ``pixel_values`` (float32, normalised with the processor's mean/std, ``(3, H, W)`` at the model's
   size) and ``labels`` (int). Because the ``image`` column is consumed lazily, the Trainer must run with
@@ -51,6 +53,7 @@ __all__ = [
     "detect_columns",
     "find_preset",
     "load_digits_dataset",
+    "load_eval_split",
     "load_image_dataset",
     "set_image_transforms",
     "to_rgb",
@@ -448,20 +451,133 @@ def _load_local(path: str, cache_dir: str | None) -> tuple[datasets.DatasetDict,
     return _as_dataset_dict(datasets.load_dataset(builder, data_dir=path, cache_dir=cache_dir)), builder
 
 
+# Errors that mean "the Hub (or the cache) could not give us this data set"; ConnectionError is an OSError.
+_HUB_ERRORS: tuple[type[BaseException], ...] = (OSError, datasets.exceptions.DatasetNotFoundError)
+
+
+def _hub_unavailable(hub_id: str, config_name: str | None, err: BaseException) -> DatasetUnavailableError:
+    """The one offline/network/gated error message, for whole-data-set and single-split loads alike."""
+    presets = ", ".join(DATASET_PRESETS)
+    return DatasetUnavailableError(
+        f"Could not load the data set {hub_id!r}"
+        + (f" (config {config_name!r})" if config_name else "")
+        + f" from the Hugging Face Hub: {err}\n"
+        "Check the network connection and the id; if HF_HUB_OFFLINE=1 (or HF_DATASETS_OFFLINE=1) is set, only "
+        "data already in the local cache can be loaded; gated data sets (ImageNet-1k) need their terms accepted "
+        "and `hf auth login`. Alternatively pass a local path (an image folder, a `save_to_disk` folder or "
+        f"parquet files) or a preset ({presets}); `digits` is embedded and works offline."
+    )
+
+
+def _default_eval_split(available: Sequence[str], name: str) -> str:
+    """The split to evaluate on when none is named: ``test``, else the first of ``VALIDATION_SPLIT_CANDIDATES``,
+    else the only split (e.g. an image folder without split folders, which ``datasets`` names ``train``)."""
+    for candidate in ("test", *VALIDATION_SPLIT_CANDIDATES):
+        if candidate in available:
+            return candidate
+    if len(available) == 1:
+        return available[0]
+    raise ValueError(
+        f"Cannot choose a split of {name!r} to evaluate on; available splits: {', '.join(available)}. Name one."
+    )
+
+
 def _load_hub(hub_id: str, config_name: str | None, cache_dir: str | None) -> datasets.DatasetDict:
+    """Every split of a Hub data set (downloads and prepares all of them)."""
     try:
         return _as_dataset_dict(datasets.load_dataset(hub_id, config_name, cache_dir=cache_dir))
-    except (OSError, datasets.exceptions.DatasetNotFoundError) as err:
-        presets = ", ".join(DATASET_PRESETS)
-        raise DatasetUnavailableError(
-            f"Could not load the data set {hub_id!r}"
+    except _HUB_ERRORS as err:
+        raise _hub_unavailable(hub_id, config_name, err) from err
+
+
+def _hub_split_data_files(
+    hub_id: str, config_name: str | None, split: str | None, cache_dir: str | None
+) -> tuple[str, dict[str, list[str]] | None]:
+    """``(split, data files of that split only)`` from the repository's metadata (no data is downloaded).
+
+    ``split=None`` picks :func:`_default_eval_split` of the splits the metadata lists.
+
+    Why: in ``datasets`` 5.x, ``load_dataset(..., split=s)`` still downloads and prepares *every* split (the
+    packaged builders download all of ``config.data_files`` before ``as_dataset(split=s)`` picks one). Passing
+    the split's own files as ``data_files`` makes the builder see that split alone. ``None`` when the builder
+    does not expose per-split files (then ``split=`` alone is used).
+
+    Raises:
+        ValueError: ``split`` is not one of the data set's splits (listing them), before anything is downloaded;
+            or ``split`` is ``None`` and the splits cannot be listed.
+    """
+    try:
+        builder = datasets.load_dataset_builder(hub_id, config_name, cache_dir=cache_dir)
+    except _HUB_ERRORS as err:
+        raise _hub_unavailable(hub_id, config_name, err) from err
+    data_files = getattr(builder.config, "data_files", None)
+    if not data_files:
+        if split is None:
+            raise ValueError(f"Cannot list the splits of {hub_id!r}: name the split to evaluate on.")
+        return split, None
+    split = split if split is not None else _default_eval_split(list(data_files), hub_id)
+    if split not in data_files:
+        raise ValueError(
+            f"Split {split!r} not found in {hub_id!r}"
             + (f" (config {config_name!r})" if config_name else "")
-            + f" from the Hugging Face Hub: {err}\n"
-            "Check the network connection and the id; if HF_HUB_OFFLINE=1 (or HF_DATASETS_OFFLINE=1) is set, only "
-            "data already in the local cache can be loaded; gated data sets (ImageNet-1k) need their terms accepted "
-            "and `hf auth login`. Alternatively pass a local path (an image folder, a `save_to_disk` folder or "
-            f"parquet files) or a preset ({presets}); `digits` is embedded and works offline."
-        ) from err
+            + f"; available splits: {', '.join(data_files)}."
+        )
+    return split, {split: list(data_files[split])}
+
+
+def _load_hub_split(
+    hub_id: str, config_name: str | None, split: str | None, cache_dir: str | None
+) -> tuple[str, datasets.Dataset]:
+    """One split of a Hub data set, ``(split, data)``: ``datasets.load_dataset(..., split=split)`` restricted to
+    that split's files (``split=None``: :func:`_default_eval_split`)."""
+    split, data_files = _hub_split_data_files(hub_id, config_name, split, cache_dir)
+    try:
+        loaded = datasets.load_dataset(hub_id, config_name, split=split, data_files=data_files, cache_dir=cache_dir)
+    except _HUB_ERRORS as err:
+        if data_files is None or not datasets.config.HF_HUB_OFFLINE:
+            raise _hub_unavailable(hub_id, config_name, err) from err
+        # Offline, a cache written by a whole-data-set load is keyed without our data_files: try that one.
+        try:
+            loaded = datasets.load_dataset(hub_id, config_name, split=split, cache_dir=cache_dir)
+        except _HUB_ERRORS:
+            raise _hub_unavailable(hub_id, config_name, err) from err
+    except ValueError as err:  # datasets' "Unknown split" when the metadata could not list the splits
+        raise ValueError(f"Could not load split {split!r} of {hub_id!r}: {err}") from err
+    return split, loaded
+
+
+def _load_source(
+    name: str,
+    config_name: str | None,
+    cache_dir: str | None,
+    *,
+    split_seed: int = 0,
+    validation_fraction: float | None = None,
+    single_split: bool = False,
+    split: str | None = None,
+) -> tuple[datasets.DatasetDict, str, DatasetPreset | None]:
+    """Resolve ``name`` (preset, local path, Hub id) and load it: ``(raw splits, source string, preset)``.
+
+    ``single_split`` restricts a Hub load to ``split`` (``None``: :func:`_default_eval_split`) and downloads
+    nothing else; the embedded preset and local data are always loaded whole (they are already on disk).
+    ``validation_fraction`` (falsy: the preset's) and ``split_seed`` only shape the embedded digits' split.
+    """
+    preset = find_preset(name)
+    local_path = os.path.expanduser(name)
+    if preset is not None and preset.hub_id is None:  # embedded
+        raw = load_digits_dataset(seed=split_seed, validation_fraction=validation_fraction or preset.validation_fraction)
+        return raw, f"preset:{preset.name}", preset
+    if preset is None and os.path.exists(local_path):
+        raw, kind = _load_local(local_path, cache_dir)
+        return raw, f"local:{kind}:{local_path}", preset
+    hub_id = preset.hub_id if preset is not None else name
+    config = config_name or (preset.config_name if preset is not None else None)
+    if single_split:
+        split, loaded = _load_hub_split(hub_id, config, split, cache_dir)
+        raw = datasets.DatasetDict({split: loaded})
+    else:
+        raw = _load_hub(hub_id, config, cache_dir)
+    return raw, (f"preset:{preset.name}" if preset is not None else f"hub:{hub_id}"), preset
 
 
 def detect_columns(
@@ -529,6 +645,14 @@ def _canonical_image_column(ds: datasets.Dataset) -> datasets.Dataset:
     return ds.map(to_pil, batched=True, features=features, desc="Encoding pixel arrays as images")
 
 
+def _canonical_columns(ds: datasets.Dataset, image_column: str, label_column: str) -> datasets.Dataset:
+    """Keep the image and label columns only, named ``image`` / ``label``, with ``image`` a ``datasets.Image``."""
+    detect_columns(ds.features, image_column, label_column)  # same schema in every split, or a clear error
+    ds = ds.select_columns([image_column, label_column])
+    ds = ds.rename_columns({k: v for k, v in ((image_column, "image"), (label_column, "label")) if k != v})
+    return _canonical_image_column(ds)
+
+
 def _canonical_labels(splits: dict[str, datasets.Dataset]) -> dict[str, datasets.Dataset]:
     """Give every split the same ``ClassLabel`` ``label`` column (names from the data, or "0".."N-1")."""
     features = {name: ds.features["label"] for name, ds in splits.items()}
@@ -594,6 +718,28 @@ def _remove_corrupt(
     return ds.select([index for index, ok in enumerate(flags) if ok], keep_in_memory=True)
 
 
+def _check_images(
+    ds: datasets.Dataset, split: str, verify: bool, num_proc: int | None, report: DataReport
+) -> datasets.Dataset:
+    """``verify``: remove and count corrupt images now. Otherwise defer decoding to the transform, which skips
+    (and logs) undecodable images, and count 0."""
+    if verify:
+        return _remove_corrupt(ds, split, num_proc, report)
+    report.num_corrupt_images[split] = 0
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def _carve_validation(
+    train: datasets.Dataset, fraction: float, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split ``fraction`` of ``train`` off as validation, stratified by label when possible: ``(train, val)``."""
+    counts = np.bincount(np.asarray(train["label"]), minlength=train.features["label"].num_classes)
+    # Stratify when every class has >= 2 examples (datasets' stratified split requires it).
+    stratify = "label" if counts.min() >= 2 and round(fraction * len(train)) >= len(counts) else None
+    carved = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column=stratify)
+    return carved["train"], carved["test"]
+
+
 def _subsample(ds: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
     if limit is None or limit >= len(ds):
         return ds
@@ -617,23 +763,10 @@ def load_image_dataset(data_args: DataArguments) -> datasets.DatasetDict:
             available ones), unusable labels.
         DatasetUnavailableError: a Hub id that cannot be reached (offline, network, gated, typo).
     """
-    name = data_args.dataset_name
-    preset = find_preset(name)
-    local_path = os.path.expanduser(name)
-    if preset is not None and preset.hub_id is None:  # embedded
-        raw = load_digits_dataset(
-            seed=data_args.split_seed,
-            validation_fraction=data_args.validation_fraction or preset.validation_fraction,
-        )
-        source = f"preset:{preset.name}"
-    elif preset is None and os.path.exists(local_path):
-        raw, kind = _load_local(local_path, data_args.dataset_cache_dir)
-        source = f"local:{kind}:{local_path}"
-    else:
-        hub_id = preset.hub_id if preset is not None else name
-        config = data_args.dataset_config_name or (preset.config_name if preset is not None else None)
-        raw = _load_hub(hub_id, config, data_args.dataset_cache_dir)
-        source = f"preset:{preset.name}" if preset is not None else f"hub:{hub_id}"
+    raw, source, preset = _load_source(
+        data_args.dataset_name, data_args.dataset_config_name, data_args.dataset_cache_dir,
+        split_seed=data_args.split_seed, validation_fraction=data_args.validation_fraction,
+    )
     available = list(raw)
 
     # --- splits ---------------------------------------------------------------------------------------------
@@ -673,22 +806,15 @@ def load_image_dataset(data_args: DataArguments) -> datasets.DatasetDict:
     for canonical, source_split in (("train", train_split), ("validation", eval_split), ("test", test_split)):
         if source_split is None:
             continue
-        ds = raw[source_split]
-        detect_columns(ds.features, image_column, label_column)  # same schema in every split, or a clear error
-        ds = ds.select_columns([image_column, label_column])
-        ds = ds.rename_columns({k: v for k, v in ((image_column, "image"), (label_column, "label")) if k != v})
-        splits[canonical] = _canonical_image_column(ds)
+        splits[canonical] = _canonical_columns(raw[source_split], image_column, label_column)
         report.splits[canonical] = source_split
     splits = _canonical_labels(splits)
 
     # --- corrupt images -------------------------------------------------------------------------------------
     for split in list(splits):
-        if data_args.verify_images:
-            splits[split] = _remove_corrupt(splits[split], split, data_args.preprocessing_num_workers, report)
-        else:
-            # Decoding happens in the transform, which skips (and logs) undecodable images.
-            splits[split] = splits[split].cast_column("image", datasets.Image(decode=False))
-            report.num_corrupt_images[split] = 0
+        splits[split] = _check_images(
+            splits[split], split, data_args.verify_images, data_args.preprocessing_num_workers, report
+        )
 
     # --- validation carve-out -------------------------------------------------------------------------------
     if "validation" not in splits:
@@ -696,12 +822,7 @@ def load_image_dataset(data_args: DataArguments) -> datasets.DatasetDict:
         if fraction is None:
             fraction = preset.validation_fraction if preset is not None else 0.1
         if fraction > 0:
-            train = splits["train"]
-            counts = np.bincount(np.asarray(train["label"]), minlength=train.features["label"].num_classes)
-            # Stratify when every class has >= 2 examples (datasets' stratified split requires it).
-            stratify = "label" if counts.min() >= 2 and round(fraction * len(train)) >= len(counts) else None
-            carved = train.train_test_split(test_size=fraction, seed=data_args.split_seed, stratify_by_column=stratify)
-            splits["train"], splits["validation"] = carved["train"], carved["test"]
+            splits["train"], splits["validation"] = _carve_validation(splits["train"], fraction, data_args.split_seed)
             report.splits["validation"] = f"{train_split}[carved {fraction:g}, seed {data_args.split_seed}]"
             report.num_corrupt_images["validation"] = 0
         elif "test" in splits:
@@ -731,6 +852,102 @@ def load_image_dataset(data_args: DataArguments) -> datasets.DatasetDict:
         report.num_corrupt_images,
     )
     return result
+
+
+def load_eval_split(
+    dataset_name: str,
+    split: str | None = None,
+    *,
+    dataset_config_name: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    max_samples: int | None = None,
+    verify_images: bool = True,
+    split_seed: int = 0,
+    cache_dir: str | None = None,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """Load ONE split of ``dataset_name`` for evaluation, in the canonical layout; no train split is needed.
+
+    Same sources, column detection, label canonicalisation and corrupt-image handling as
+    :func:`load_image_dataset` (the same helpers), but only the requested split: a Hub id is loaded with
+    ``datasets.load_dataset(id, config, split=split, data_files={split: <that split's files>})``, so the other
+    splits (e.g. ImageNet's 1.28M training images) are neither downloaded nor verified.
+
+    Args:
+        dataset_name: A preset name or a preset's Hub id, a Hub id, or a local path (image folder,
+            ``save_to_disk`` folder, parquet file or folder).
+        split: Source split name. Default: for a preset, its test split when it has one, else its eval split
+            (ImageNet-1k: ``validation``; ``digits``: ``validation``); otherwise ``test``, else the first of
+            ``validation/valid/val/dev``, else the only split. For a preset without a validation split (CIFAR,
+            MNIST, SVHN, SUN-397), ``"validation"`` is the seeded carve-out of train that :func:`load_image_dataset`
+            makes (this loads the train split). ``digits``' ``train``/``validation`` are exactly
+            ``load_image_dataset``'s (same seed).
+        dataset_config_name: Hub config; default: the preset's.
+        image_column, label_column: Source columns; default: the preset's, else detected (:func:`detect_columns`).
+        max_samples: Keep a seeded random subset of this many examples (``load_image_dataset``'s
+            ``max_eval_samples``: the same subset for the same split and seed).
+        verify_images: Decode every image once and remove (count, log) the corrupt ones; False defers decoding to
+            the transform, which skips undecodable images.
+        split_seed: Seed of the digits split, the validation carve-out and ``max_samples``.
+        cache_dir: ``datasets`` cache; default HF_DATASETS_CACHE.
+        num_proc: Processes for image verification.
+
+    Returns:
+        A ``datasets.Dataset`` with columns ``image`` (``datasets.Image``) and ``label`` (``ClassLabel``: the
+        data set's names, or ``"0"``..``"N-1"`` for integer labels, N = largest label of this split + 1);
+        ``dataset.report`` is a :class:`DataReport` (source, columns, ``splits = {split: source split}``,
+        corrupt-image counts). The attribute lives on this object only (``map``/``filter`` drop it).
+
+    Raises:
+        ValueError: a split that does not exist (the message lists the available ones), unknown columns,
+            unusable labels, ``max_samples <= 0``.
+        DatasetUnavailableError: a Hub id that cannot be reached (offline, network, gated, typo).
+    """
+    if max_samples is not None and max_samples <= 0:
+        raise ValueError(f"max_samples must be positive, got {max_samples}.")
+    preset = find_preset(dataset_name)
+    carve_fraction: float | None = None
+    source_split = split
+    if preset is not None:
+        split = split or preset.test_split or preset.eval_split
+        if split is None:
+            raise ValueError(f"Preset {preset.name!r} has neither a test nor an eval split: name the split.")
+        source_split = split
+        if preset.hub_id is not None and split == "validation" and preset.eval_split is None:
+            # No labelled validation split on the Hub: load_image_dataset carves one out of train.
+            source_split, carve_fraction = preset.train_split, preset.validation_fraction
+    raw, source, _ = _load_source(
+        dataset_name, dataset_config_name, cache_dir, split_seed=split_seed, single_split=True, split=source_split
+    )
+    available = list(raw)
+    if source_split is None:
+        source_split = _default_eval_split(available, dataset_name)
+    split = split or source_split
+    if source_split not in raw:
+        raise ValueError(f"Split {source_split!r} not found in {dataset_name!r}; available splits: "
+                         f"{', '.join(available)}.")
+
+    image_column, label_column = detect_columns(
+        raw[source_split].features,
+        image_column or (preset.image_column if preset else None),
+        label_column or (preset.label_column if preset else None),
+    )
+    report = DataReport(source=source, image_column=image_column, label_column=label_column)
+    ds = _canonical_labels({split: _canonical_columns(raw[source_split], image_column, label_column)})[split]
+    ds = _check_images(ds, source_split, verify_images, num_proc, report)
+    report.splits[split] = source_split
+    if carve_fraction is not None:
+        _, ds = _carve_validation(ds, carve_fraction, split_seed)
+        report.splits[split] = f"{source_split}[carved {carve_fraction:g}, seed {split_seed}]"
+    ds = _subsample(ds, max_samples, split_seed)
+    ds.report = report  # type: ignore[attr-defined]
+    logger.info(
+        "Loaded %s split %r (%s): %d examples; %d classes; columns image<-%r, label<-%r; corrupt images removed: %s",
+        source, split, report.splits[split], len(ds), ds.features["label"].num_classes, image_column, label_column,
+        report.num_corrupt_images,
+    )
+    return ds
 
 
 # ----------------------------------------------------------------------------------------------------------------

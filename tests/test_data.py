@@ -23,6 +23,7 @@ from hf_advsoup.data import (
     collate_fn,
     detect_columns,
     load_digits_dataset,
+    load_eval_split,
     load_image_dataset,
     set_image_transforms,
     to_rgb,
@@ -325,6 +326,124 @@ def test_hub_failure_gives_a_clear_offline_error(monkeypatch):
     message = str(err.value)
     assert "local path" in message and "digits" in message and "uoft-cs/cifar10" in message
     assert isinstance(err.value, OSError)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# load_eval_split: one split, no train split needed, nothing else downloaded
+# ---------------------------------------------------------------------------------------------------------------
+def test_eval_split_of_a_test_only_local_dataset(tmp_path):
+    test = _image_dataset(7, image_column="img", label_column="fine_label", class_label=False)
+    datasets.DatasetDict({"test": test}).save_to_disk(str(tmp_path / "test_only"))
+    with pytest.raises(ValueError, match="train_split"):  # the training loader cannot use it
+        load_image_dataset(DataArguments(dataset_name=str(tmp_path / "test_only")))
+    ds = load_eval_split(str(tmp_path / "test_only"))
+    assert isinstance(ds, datasets.Dataset) and len(ds) == 7
+    assert ds.column_names == ["image", "label"]
+    assert isinstance(ds.features["image"], datasets.Image) and isinstance(ds[0]["image"], Image.Image)
+    assert ds.features["label"].names == ["0", "1", "2"]  # plain ints -> "0".."N-1"
+    assert ds.report.splits == {"test": "test"} and ds.report.label_column == "fine_label"
+    assert len(load_eval_split(str(tmp_path / "test_only"), "test", max_samples=3)) == 3
+    with pytest.raises(ValueError, match="available splits: test"):
+        load_eval_split(str(tmp_path / "test_only"), "validation")
+
+
+def test_eval_split_keeps_class_names_and_matches_load_image_dataset_subset(tmp_path):
+    dd = datasets.DatasetDict({"train": _image_dataset(12), "validation": _image_dataset(9, seed=1),
+                               "test": _image_dataset(8, seed=2)})
+    dd.save_to_disk(str(tmp_path / "three"))
+    ds = load_eval_split(str(tmp_path / "three"))  # default: test
+    assert len(ds) == 8 and ds.features["label"].names == ["c0", "c1", "c2"]
+    val = load_eval_split(str(tmp_path / "three"), "validation", max_samples=4, split_seed=3)
+    full = load_image_dataset(DataArguments(dataset_name=str(tmp_path / "three"), max_eval_samples=4, split_seed=3))
+    assert val["label"] == full["validation"]["label"]  # same seeded subset
+    assert np.array_equal(np.asarray(val[0]["image"]), np.asarray(full["validation"][0]["image"]))
+
+
+def test_eval_split_digits_default_is_load_image_datasets_validation():
+    ds = load_eval_split("digits")
+    reference = load_image_dataset(DataArguments())["validation"]
+    assert len(ds) == len(reference) == 360
+    assert ds["label"] == reference["label"]
+    assert ds.features["label"] == reference.features["label"]
+    for index in (0, 17, 359):
+        assert np.array_equal(np.asarray(ds[index]["image"]), np.asarray(reference[index]["image"]))
+    assert ds.report.source == "preset:digits" and ds.report.splits == {"validation": "validation"}
+    other_seed = load_eval_split("digits", split_seed=1)
+    assert other_seed["label"] != ds["label"]  # the split seed reaches the digits split
+
+
+def test_eval_split_removes_and_counts_corrupt_images(messy_folder, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="hf_advsoup.data"):
+        ds = load_eval_split(str(messy_folder), cache_dir=str(tmp_path / "cache"))
+    # An image folder without split folders is one split ("train" for datasets): evaluated whole.
+    assert len(ds) == 4 and ds.report.num_corrupt_images == {"train": 1}
+    assert any("corrupt.png" in path for path in ds.report.corrupt_examples) and "corrupt" in caplog.text
+    assert ds.features["label"].names == ["cat", "dog"]
+    lazy = load_eval_split(str(messy_folder), cache_dir=str(tmp_path / "cache"), verify_images=False)
+    assert len(lazy) == 5 and lazy.report.num_corrupt_images == {"train": 0}  # skipped later, by the transform
+    lazy.set_transform(build_transforms(SIZE_MEAN_STD, train=False))
+    assert collate_fn(list(lazy))["pixel_values"].shape == (4, 3, 16, 16)
+
+
+def _fake_hub_split(monkeypatch, files: dict[str, list[str]], data: datasets.Dataset):
+    """Patch datasets' builder metadata and load_dataset; records every load_dataset call's arguments."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    def fake_builder(path, name=None, **kwargs):
+        return SimpleNamespace(config=SimpleNamespace(data_files=files))
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        calls.append({"path": path, "name": name, **kwargs})
+        assert "split" in kwargs, "a single-split load must name its split"
+        return data
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", fake_builder)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    return calls
+
+
+def test_eval_split_requests_only_that_split_from_the_hub(monkeypatch):
+    files = {"train": [f"hf://datasets/ILSVRC/imagenet-1k/data/train-{i}.parquet" for i in range(3)],
+             "validation": ["hf://datasets/ILSVRC/imagenet-1k/data/validation-0.parquet"],
+             "test": ["hf://datasets/ILSVRC/imagenet-1k/data/test-0.parquet"]}
+    calls = _fake_hub_split(monkeypatch, files, _image_dataset(6))
+    ds = load_eval_split("imagenet-1k", max_samples=5)  # ImageNet has no labelled test: default is validation
+    assert calls == [{"path": "ILSVRC/imagenet-1k", "name": None, "split": "validation",
+                      "data_files": {"validation": files["validation"]}, "cache_dir": None}]
+    assert len(ds) == 5 and ds.report.splits == {"validation": "validation"}
+    load_eval_split("someone/imagenet-r", "test", dataset_config_name="v2")
+    assert calls[-1]["path"] == "someone/imagenet-r" and calls[-1]["name"] == "v2"
+    assert calls[-1]["split"] == "test" and calls[-1]["data_files"] == {"test": files["test"]}
+    load_eval_split("someone/imagenet-r")  # a plain Hub id defaults to test
+    assert calls[-1]["split"] == "test"
+    with pytest.raises(ValueError, match="available splits: train, validation, test"):
+        load_eval_split("someone/imagenet-r", "val")
+    assert len(calls) == 3  # the unknown split failed before any download
+
+
+def test_eval_split_of_a_preset_without_validation_carves_like_load_image_dataset(monkeypatch):
+    train, test = _image_dataset(100, num_classes=4, image_column="img"), _image_dataset(20, image_column="img")
+    files = {"train": ["train.parquet"], "test": ["test.parquet"]}
+    calls = _fake_hub_split(monkeypatch, files, train)
+    val = load_eval_split("cifar10", "validation")
+    assert calls[-1]["split"] == "train" and calls[-1]["data_files"] == {"train": ["train.parquet"]}
+    _fake_hub(monkeypatch, {"train": train, "test": test})
+    reference = load_image_dataset(DataArguments(dataset_name="cifar10"))["validation"]
+    assert len(val) == 2 and val["label"] == reference["label"]
+    assert val.report.splits == {"validation": "train[carved 0.02, seed 0]"}
+
+
+def test_eval_split_offline_hub_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'ILSVRC/imagenet-1k' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", offline)
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DatasetUnavailableError, match="HF_HUB_OFFLINE") as err:
+        load_eval_split("imagenet-1k")
+    assert "ILSVRC/imagenet-1k" in str(err.value) and "local path" in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
