@@ -19,9 +19,12 @@ Launch::
     python scripts/evaluate_soups.py --model_name_or_path runs/cotrained --independent_nominal_model runs/nominal \\
         --independent_adversarial_model runs/adversarial --datasets cifar10:test --output_dir runs/table9
 
-Data sets are given as ``[NAME=]SOURCE[:SPLIT]``: SOURCE is anything ``hf_advsoup.data.load_image_dataset``
-accepts (a preset such as ``digits`` or ``cifar10``, a Hub id, a local folder), SPLIT one of its canonical splits
-(``validation``, ``test``, ``train``; default ``test`` when the data has one, else ``validation``).
+Data sets are given as ``[NAME=]SOURCE[:SPLIT]``: SOURCE is anything ``hf_advsoup.data.load_eval_split``
+accepts (a preset such as ``digits`` or ``cifar10``, a Hub id, a local folder), SPLIT ``validation``, ``test`` or
+``train`` (default: a preset's test split when it has one, else its eval split; otherwise ``test``, else a
+validation split, else the only split). Only that split is loaded: a data set needs no train split, and for a Hub id
+nothing else is downloaded (``imagenet-1k:validation`` fetches the 50k validation images, not the training set).
+The data set's number of classes must equal the model's.
 
 Writes into ``--output_dir``: ``soup_results.json`` (every number with its settings: threat model, examples, forward
 passes), ``soup_results.csv``, ``soup_results.md`` and PNG plots (``tradeoff.png``, ``accuracy_vs_beta.png``,
@@ -40,7 +43,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
 from hf_advsoup import AdvSoupViTForImageClassification
-from hf_advsoup.data import DataArguments, build_transforms, collate_fn, load_image_dataset
+from hf_advsoup.data import DATASET_PRESETS, build_transforms, collate_fn, load_eval_split
 from hf_advsoup.soups import SoupEvaluation, SoupEvaluationArguments, evaluate_soups
 
 logger = logging.getLogger("evaluate_soups")
@@ -61,13 +64,14 @@ class EvaluateSoupsArguments:
     )
     max_eval_samples_per_dataset: int | None = field(
         default=None,
-        metadata={"help": "Load only a random subset of this many examples per data set (load_image_dataset's "
-                  "max_eval_samples; --max_eval_examples takes the first N instead)."},
+        metadata={"help": "Load only a seeded random subset of this many examples per data set (load_eval_split's "
+                  "max_samples, the same subset as load_image_dataset's max_eval_samples; --max_eval_examples takes "
+                  "the first N instead)."},
     )
     verify_images: bool = field(
         default=False,
-        metadata={"help": "Decode every image of every split once at load time and drop corrupt ones (load_image_dataset "
-                  "verifies the training split too, so this is off by default; corrupt images are skipped anyway)."},
+        metadata={"help": "Decode every image of the evaluated split once at load time and drop (count, log) corrupt "
+                  "ones. Off by default to keep loading fast; corrupt images are skipped by the collator anyway."},
     )
     independent_nominal_model: str | None = field(
         default=None, metadata={"help": "Table 9 baseline: the nominally trained network (beta = 1)."}
@@ -95,33 +99,30 @@ def parse_dataset_spec(spec: str) -> tuple[str, str, str | None]:
 
 
 def load_eval_data(spec: str, processor, batch_size: int, num_labels: int, args: EvaluateSoupsArguments):
-    """One evaluation ``DataLoader`` (eval transform: resize to the model's size, normalize) and its description."""
+    """One evaluation ``DataLoader`` (eval transform: resize to the model's size, normalize) and its description.
+
+    Loads only the requested split (``load_eval_split``) and checks that the data set has exactly the model's
+    number of classes: with fewer or more, label ``i`` would not mean the model's class ``i``.
+    """
     name, source, split = parse_dataset_spec(spec)
-    data = load_image_dataset(DataArguments(
-        dataset_name=source, max_eval_samples=args.max_eval_samples_per_dataset, verify_images=args.verify_images,
-    ))
-    if split is None:
-        split = "test" if "test" in data else "validation"
-    if split not in data:
-        raise ValueError(f"Data set {source!r} has no {split!r} split; it has: {', '.join(data)}.")
-    dataset = data[split]
+    dataset = load_eval_split(source, split, max_samples=args.max_eval_samples_per_dataset,
+                              verify_images=args.verify_images)
+    report = dataset.report
+    split = next(iter(report.splits))  # the split actually loaded (the default when none was named)
     num_classes = dataset.features["label"].num_classes
-    if num_classes > num_labels:
+    if num_classes != num_labels:
         raise ValueError(f"Data set {name!r} has {num_classes} classes but the model predicts {num_labels}: evaluate "
                          "on the data set the model was trained on (or a variant with the same label set).")
     dataset.set_transform(build_transforms(processor, train=False))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
-    report = getattr(data, "report", None)
     hub_id = None
-    if report is not None and report.source.startswith("hub:"):
+    if report.source.startswith("hub:"):
         hub_id = report.source[4:]
-    elif report is not None and report.source.startswith("preset:"):
-        from hf_advsoup.data import DATASET_PRESETS
-
+    elif report.source.startswith("preset:"):
         hub_id = DATASET_PRESETS[report.source[7:]].hub_id
     info = {"name": name, "source": source, "split": split, "hub_id": hub_id, "num_examples": len(dataset),
-            "origin": report.source if report is not None else source,
-            "source_split": report.splits.get(split) if report is not None else None}
+            "origin": report.source, "source_split": report.splits[split],
+            "num_corrupt_images_removed": sum(report.num_corrupt_images.values())}
     return name, loader, info
 
 

@@ -309,15 +309,18 @@ def _save_checkpoint(path, seed=0):
     return model
 
 
-def _save_dataset(path, n=9, seed=0):
+def _save_dataset(path, n=9, seed=0, splits=("train", "validation", "test"), num_classes=3):
+    """A save_to_disk folder with the given splits (train: 6 examples, the others: n), 16x16 RGB images."""
     rng = np.random.default_rng(seed)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    names = ["a", "b", "c", "d", "e"][:num_classes]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
 
     def split(k):
         images = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(k)]
-        return datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(k)]}, features=features)
+        return datasets.Dataset.from_dict({"image": images, "label": [i % num_classes for i in range(k)]},
+                                          features=features)
 
-    datasets.DatasetDict({"train": split(6), "validation": split(n), "test": split(n)}).save_to_disk(str(path))
+    datasets.DatasetDict({name: split(6 if name == "train" else n) for name in splits}).save_to_disk(str(path))
     return str(path)
 
 
@@ -380,3 +383,29 @@ def test_parse_dataset_spec(evaluate_script):
     assert parse("cifar10:test") == ("cifar10", "cifar10", "test")
     assert parse("r=/data/imagenet-r:validation") == ("r", "/data/imagenet-r", "validation")
     assert parse("uoft-cs/cifar10") == ("uoft-cs/cifar10", "uoft-cs/cifar10", None)
+
+
+def test_script_evaluates_a_dataset_without_train_split(tmp_path, evaluate_script):
+    model = _save_checkpoint(tmp_path / "ckpt")
+    data = _save_dataset(tmp_path / "test_only", n=10, splits=("test",))
+    result = evaluate_script.main([
+        "--model_name_or_path", str(tmp_path / "ckpt"), "--output_dir", str(tmp_path / "out"),
+        "--datasets", f"r={data}", "--betas", "0", "1", "--attack", "none", "--plots", "false",
+        "--verify_images", "true", "--progress", "false",
+    ])
+    info = json.loads((tmp_path / "out" / "soup_results.json").read_text())["settings"]["datasets_info"][0]
+    assert info["split"] == "test" and info["source_split"] == "test" and info["num_examples"] == 10
+    assert info["num_corrupt_images_removed"] == 0 and info["origin"].startswith("local:save_to_disk:")
+    # The numbers come from these images: clean mode on the same pixels, normalised with mean = std = 0.5.
+    test = datasets.load_from_disk(data)["test"]
+    x = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255 for image in test["image"]])
+    expected = accuracy(model.eval(), (x - 0.5) / 0.5, torch.tensor(test["label"]), beta=1.0)
+    assert result.curve("r", "soup", "clean_accuracy")[1.0] == pytest.approx(expected)
+
+
+def test_script_rejects_a_dataset_with_another_number_of_classes(tmp_path, evaluate_script):
+    _save_checkpoint(tmp_path / "ckpt")  # 3 labels
+    data = _save_dataset(tmp_path / "four", n=8, splits=("validation",), num_classes=4)
+    with pytest.raises(ValueError, match=r"has 4 classes but the model predicts 3"):
+        evaluate_script.main(["--model_name_or_path", str(tmp_path / "ckpt"), "--output_dir", str(tmp_path / "o"),
+                              "--datasets", f"{data}:validation", "--attack", "none", "--progress", "false"])
