@@ -343,7 +343,10 @@ def describe_threat_model(threat: Mapping[str, Any]) -> str:
     eps = threat.get("epsilon")
     if eps is not None:
         in_255 = eps * 255
-        parts.append(f"eps {in_255:g}/255 ({eps:.5f})" if abs(in_255 - round(in_255)) < 1e-6 else f"eps {eps:g}")
+        # Only l_inf radii are fractions of 255 (4/255); an l_2 radius of 1 is not "255/255".
+        is_linf = str(threat.get("norm", "linf")).lower() == "linf"
+        parts.append(f"eps {in_255:g}/255 ({eps:.5f})" if is_linf and abs(in_255 - round(in_255)) < 1e-6
+                     else f"eps {eps:g}")
     if threat.get("steps") is not None:
         parts.append(f"{threat['steps']} steps")
     if threat.get("version"):
