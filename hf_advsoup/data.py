@@ -565,7 +565,8 @@ def _load_source(
     preset = find_preset(name)
     local_path = os.path.expanduser(name)
     if preset is not None and preset.hub_id is None:  # embedded
-        raw = load_digits_dataset(seed=split_seed, validation_fraction=validation_fraction or preset.validation_fraction)
+        fraction = validation_fraction or preset.validation_fraction
+        raw = load_digits_dataset(seed=split_seed, validation_fraction=fraction)
         return raw, f"preset:{preset.name}", preset
     if preset is None and os.path.exists(local_path):
         raw, kind = _load_local(local_path, cache_dir)
