@@ -73,7 +73,7 @@ class CoTrainingArguments(TrainingArguments):
         default="pgd2",
         metadata={
             "help": "Preset of the attack that makes the adversarial half of each batch (see "
-            "hf_advsoup.attacks.AttackConfig.from_preset; e.g. 'pgd2', 'pgd5', 'fgsm', 'nfgsm'). It attacks the "
+            "hf_advsoup.attacks.AttackConfig.from_preset; e.g. 'pgd2', 'pgd5', 'fast_at', 'nfgsm'). It attacks the "
             "robust-mode (adversarial-token) model in eval mode. Paper: 'pgd2' (l_inf, eps 4/255, 2 steps of 2.5/255)."
         },
     )

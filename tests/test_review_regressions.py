@@ -38,3 +38,17 @@ def test_fsdp_config_wraps_modules_whose_forward_runs():
         module.register_forward_hook(lambda m, args, out: calls.__setitem__(type(m).__name__, calls[type(m).__name__] + 1))
     model(torch.randn(2, 3, 16, 16), beta=torch.tensor([1.0, 0.0]))
     assert all(count > 0 for count in calls.values()), calls
+
+
+def test_train_attack_help_names_only_real_presets():
+    # The help is what users copy into --train_attack; a name there that is not a preset fails the run at parse time.
+    import dataclasses
+    import re
+
+    from hf_advsoup.attacks import PRESETS
+    from hf_advsoup.training_args import CoTrainingArguments
+
+    help_text = next(f for f in dataclasses.fields(CoTrainingArguments) if f.name == "train_attack").metadata["help"]
+    examples = re.search(r"e\.g\. ([^)]*)\)", help_text).group(1)
+    names = re.findall(r"'([^']+)'", examples)
+    assert names and all(name in PRESETS for name in names), names
