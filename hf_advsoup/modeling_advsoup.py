@@ -117,7 +117,9 @@ class AdvSoupViTForImageClassification(ViTForImageClassification):
 
     config_class = AdvSoupViTConfig
     config: AdvSoupViTConfig
-    _no_split_modules = ["ViTEmbeddings", "ViTLayer"]
+    # This model runs the embeddings and blocks itself (per-sample adapters, stochastic depth), so only modules whose
+    # own forward runs may be FSDP units or device_map boundaries: the attention and MLP of each block.
+    _no_split_modules = ["ViTAttention", "ViTMLP"]
 
     def __init__(self, config: AdvSoupViTConfig):
         # Built by hand (not ViTForImageClassification.__init__) to resize the patch grid before weights are

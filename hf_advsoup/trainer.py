@@ -517,12 +517,21 @@ class CoTrainer(Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     # -------------------------------------------------------------- evaluation
+    def _ema_weights(self):
+        """The EMA weights swapped into the model (when EMA is on and training has begun), else nothing."""
+        if self.ema is None or not self.ema.initialized:
+            return contextlib.nullcontext(self.model)
+        return self.ema.swapped(self.model)
+
     def evaluate(self, *args, **kwargs) -> dict[str, float]:
         """:meth:`~transformers.Trainer.evaluate` with the EMA weights (when EMA is on and training has begun)."""
-        if self.ema is None or not self.ema.initialized:
+        with self._ema_weights():
             return super().evaluate(*args, **kwargs)
-        with self.ema.swapped(self.model):
-            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        """:meth:`~transformers.Trainer.predict` with the EMA weights, like :meth:`evaluate` and the saved model."""
+        with self._ema_weights():
+            return super().predict(*args, **kwargs)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
@@ -554,9 +563,14 @@ class CoTrainer(Trainer):
             with torch.enable_grad():
                 adversarial = attack(model, pixel_values, labels, self.eval_attack, normalization=self.normalization,
                                      forward_kwargs={"beta": 0.0}, generator=generator)
-            with torch.no_grad():
-                robust_pred = model(pixel_values=adversarial, beta=0.0).logits.argmax(-1)
-                clean_pred = model(pixel_values=pixel_values, beta=0.0).logits.argmax(-1)
+            was_training = model.training
+            model.eval()  # no dropout / stochastic depth in the measured predictions, whoever calls this
+            try:
+                with torch.no_grad():
+                    robust_pred = model(pixel_values=adversarial, beta=0.0).logits.argmax(-1)
+                    clean_pred = model(pixel_values=pixel_values, beta=0.0).logits.argmax(-1)
+            finally:
+                model.train(was_training)
             counts += torch.stack([(robust_pred == labels).sum(), (clean_pred == labels).sum(),
                                    torch.tensor(labels.shape[0], device=labels.device)]).to(counts)
         if self.args.world_size > 1:

@@ -4,8 +4,10 @@ gradient accumulation, exact resume, EMA, robust monitoring, catastrophic-overfi
 Tiny seeded models (hidden 16, 1-2 layers, 8x8 images) and a handful of steps; the whole file runs in seconds.
 """
 
+import copy
 import os
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -294,9 +296,17 @@ def test_ema_weights_are_evaluated_and_saved_checkpoints_keep_raw(tmp_path):
     torch.testing.assert_close(params(trainer.model)["classifier.weight"], raw["classifier.weight"])  # swapped back
 
     metrics_ema = trainer.evaluate()
+    predictions_ema = trainer.predict(trainer.eval_dataset)
+    ema_model = copy.deepcopy(trainer.model).eval()
+    ema_model.load_state_dict(reloaded.state_dict())
+    batch_ = next(iter(trainer.get_test_dataloader(trainer.eval_dataset)))
+    with torch.no_grad():
+        expected = ema_model(pixel_values=batch_["pixel_values"], beta=1.0).logits
+    torch.testing.assert_close(torch.as_tensor(predictions_ema.predictions[: len(expected)]), expected)
     trainer.ema = None
     metrics_raw = trainer.evaluate()
     assert metrics_ema["eval_loss"] != metrics_raw["eval_loss"]
+    assert not np.allclose(trainer.predict(trainer.eval_dataset).predictions, predictions_ema.predictions)
 
 
 # ------------------------------------------------------------------------------------------------------ monitoring
