@@ -139,6 +139,8 @@ class AdvSoupViTForImageClassification(ViTForImageClassification):
         for module in self.modules():
             module.__dict__.pop("_is_hf_initialized", None)
         self.post_init()
+        # post_init merged in the stock ViTModel's units (ViTEmbeddings, ViTLayer), whose forward never runs here.
+        self._no_split_modules = set(type(self)._no_split_modules)
 
     def _use_patch_stride(self, config: AdvSoupViTConfig, stride: int) -> None:
         embeddings = self.vit.embeddings

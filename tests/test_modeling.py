@@ -373,3 +373,17 @@ def test_forward_compiles_as_one_graph(adapter):
     with torch.no_grad():
         for beta in (0.3, torch.tensor([1.0, 0.0, 1.0, 0.0])):
             torch.testing.assert_close(compiled(x, beta=beta).logits, model(x, beta=beta).logits, rtol=0, atol=1e-6)
+
+
+def test_split_units_are_modules_whose_forward_runs():
+    """FSDP wraps (and device_map splits at) `_no_split_modules`; a unit whose forward never runs would keep its
+    weights sharded. This model runs embeddings and blocks itself and calls attention and MLP modules."""
+    model = make_model()
+    assert model._no_split_modules == {"ViTAttention", "ViTMLP"}
+    called = set()
+    hooks = [m.register_forward_hook(lambda mod, *_: called.add(type(mod).__name__)) for m in model.modules()]
+    with torch.no_grad():
+        model(images(1))
+    for hook in hooks:
+        hook.remove()
+    assert model._no_split_modules <= called
