@@ -30,11 +30,11 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import transformers
-from transformers import AutoImageProcessor, HfArgumentParser, ViTImageProcessorPil, set_seed
+from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, ViTImageProcessorPil, set_seed
 
 from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
 from hf_advsoup.augmentation import AugmentationArguments, BatchAugmenter
@@ -162,9 +162,17 @@ def parse_arguments(argv: list[str] | None = None):
 
 
 def build_image_processor(model_args: ModelArguments, image_size: int):
-    """The checkpoint's processor, or a PIL one (works without torchvision) at ``image_size`` for fresh models."""
+    """The checkpoint's processor, or a PIL one (works without torchvision) at ``image_size`` for fresh models and
+    for checkpoints saved without one (with ``--image_mean``/``--image_std``)."""
     if model_args.model_name_or_path is not None:
-        return AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
+        try:
+            return AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
+        except OSError:
+            logger.warning(
+                "%s has no image processor; using mean %g and std %g (--image_mean/--image_std): check that they "
+                "match how the checkpoint was trained.", model_args.model_name_or_path, model_args.image_mean,
+                model_args.image_std,
+            )
     return ViTImageProcessorPil(
         size={"height": image_size, "width": image_size},
         image_mean=[model_args.image_mean] * 3,
@@ -179,9 +187,19 @@ def build_model(model_args: ModelArguments, num_labels: int, image_size: int, id
         pooling=model_args.pooling, drop_path_rate=model_args.drop_path_rate,
     )
     if model_args.model_name_or_path is not None:
-        return AdvSoupViTForImageClassification.from_pretrained(
+        model = AdvSoupViTForImageClassification.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=True, **common
         )
+        shape_flags = ("patch_size", "patch_stride", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                       "intermediate_size")
+        defaults = {f.name: f.default for f in fields(ModelArguments)}
+        ignored = [name for name in shape_flags
+                   if getattr(model_args, name) != defaults[name]
+                   and getattr(model_args, name) != getattr(model.config, name, None)]
+        if ignored:
+            logger.warning("The architecture comes from %s; ignoring %s.", model_args.model_name_or_path,
+                           ", ".join(f"--{name} {getattr(model_args, name)}" for name in ignored))
+        return model
     config = AdvSoupViTConfig(
         image_size=image_size, patch_size=model_args.patch_size, patch_stride=model_args.patch_stride,
         hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_hidden_layers,
@@ -218,7 +236,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     labels = dataset["train"].features["label"]
     id2label = {i: name for i, name in enumerate(labels.names)}
     preset = find_preset(data_args.dataset_name)  # a preset name or a preset's Hub id
-    image_size = model_args.image_size or (preset.image_size if preset is not None else 224)
+    if model_args.model_name_or_path is not None and model_args.image_size is None:
+        # A checkpoint's positional embedding fixes its input size.
+        image_size = AutoConfig.from_pretrained(model_args.model_name_or_path).image_size
+    else:
+        image_size = model_args.image_size or (preset.image_size if preset is not None else 224)
     processor = build_image_processor(model_args, image_size)
     model = build_model(model_args, labels.num_classes, image_size, id2label)
     set_image_transforms(dataset, processor, data_args)

@@ -111,3 +111,20 @@ def test_unknown_label_column_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="nope"):
         cotrain.main(["--output_dir", str(out), "--dataset_name", str(data), "--label_column", "nope", *TINY])
     assert not (out / "model.safetensors").exists()
+
+
+def test_starts_from_a_vanilla_vit_checkpoint_with_its_image_size(tmp_path, caplog):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    vanilla = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                  intermediate_size=32, image_size=12, patch_size=4, num_labels=3))
+    vanilla.save_pretrained(tmp_path / "vit")
+    tiny = [arg for arg in TINY]
+    del tiny[tiny.index("--image_size"):tiny.index("--image_size") + 2]
+    with caplog.at_level("WARNING", logger="cotrain"):
+        cotrain.main(["--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "vit"),
+                      "--pooling", "cls", *tiny, "--patch_size", "2"])
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "out")
+    assert model.config.image_size == 12 and model.config.num_labels == 10 and model.config.patch_size == 4
+    assert "ignoring --patch_size 2" in caplog.text
