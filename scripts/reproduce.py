@@ -893,9 +893,14 @@ def observations(study: Study) -> dict[str, list[str]]:
                              "is no clean-accuracy loss for co-training to recover (the paper's main motivation).")
         if shared and token:
             lost = token["robust_accuracy"] - shared["robust_accuracy"]
-            verdict = ("it loses all robustness, as in the paper" if shared["robust_accuracy"] < 0.05 else
-                       "it keeps some robustness, unlike the paper's 0%")
-            s.append(f"Fully shared co-training lost {points(lost, 0)} of robustness relative to the dual-token "
+            if shared["robust_accuracy"] < 0.05:
+                verdict = "it loses all robustness, as in the paper"
+            elif lost <= 0.03:
+                verdict = "it keeps about as much robustness as the dual-token model, unlike the paper (0% robust)"
+            else:
+                verdict = "it keeps some robustness, unlike the paper (0% robust)"
+            s.append(f"Fully shared co-training {'lost' if lost >= 0 else 'gained'} {points(lost, 0)} of robustness "
+                     f"relative to the dual-token "
                      f"model ({pct(shared['robust_accuracy'])} vs {pct(token['robust_accuracy'])}): {verdict}"
                      f"{'; catastrophic overfitting was detected during its training' if shared['catastrophic_overfitting']['detected'] else ''}.")
         adapters = [r for r in rows if r["adapter"] in ADAPTERS]
@@ -949,15 +954,25 @@ def observations(study: Study) -> dict[str, list[str]]:
         out["table2"] = s
     if "alpha" in S:
         rows, front = S["alpha"]["rows"], S["alpha"]["pareto_front"]
+        outside = [a for a in front if a > 0.4]
         s = [f"The Pareto front of (clean accuracy in clean mode, robust accuracy in robust mode) holds alpha = "
              f"{', '.join(f'{a:g}' for a in front)}"
-             f"{' (all at or below 0.5, as in the paper, where it is 0-0.4)' if all(a <= 0.5 for a in front) else ' (the paper finds 0-0.4)'}."]
-        inner = sorted((r for r in rows if 0 < r["alpha"] < 1), key=lambda r: r["alpha"])
-        if inner:
-            best_clean = max(rows, key=lambda r: r["clean_accuracy"])
-            s.append(f"The best clean accuracy came from alpha={best_clean['alpha']:g} "
-                     f"({pct(best_clean['clean_accuracy'])}), the best robust accuracy from alpha="
-                     f"{max(rows, key=lambda r: r['robust_accuracy'])['alpha']:g}.")
+             + (" (within the paper's 0-0.4)." if not outside else
+                f"; the paper's front is 0-0.4, here it also holds {', '.join(f'{a:g}' for a in outside)}.")]
+        upper = sorted((r for r in rows if r["alpha"] >= 0.4), key=lambda r: -r["alpha"])  # alpha = 1 down to 0.4
+        if len(upper) >= 2:
+            both = all(b["clean_accuracy"] >= a["clean_accuracy"] and b["robust_accuracy"] >= a["robust_accuracy"]
+                       for a, b in zip(upper, upper[1:]))
+            ends = (upper[0], upper[-1])
+            s.append(f"From alpha={ends[0]['alpha']:g} down to {ends[1]['alpha']:g}, clean accuracy went "
+                     f"{pct(ends[0]['clean_accuracy'])} -> {pct(ends[1]['clean_accuracy'])} and robust accuracy "
+                     f"{pct(ends[0]['robust_accuracy'])} -> {pct(ends[1]['robust_accuracy'])}; "
+                     + ("no decrease of alpha hurt either mode, as in the paper (where both improve)." if both else
+                        "some decrease of alpha hurt one of the modes (in the paper both improve)."))
+        best_clean = max(rows, key=lambda r: r["clean_accuracy"])
+        best_robust = max(rows, key=lambda r: r["robust_accuracy"])
+        s.append(f"The best clean accuracy came from alpha={best_clean['alpha']:g} ({pct(best_clean['clean_accuracy'])}), "
+                 f"the best robust accuracy from alpha={best_robust['alpha']:g} ({pct(best_robust['robust_accuracy'])}).")
         out["alpha"] = s
     if "transfer" in S:
         T = S["transfer"]
