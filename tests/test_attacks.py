@@ -8,7 +8,6 @@ doubled (un)normalization shows up as a 2x error in epsilon.
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import pytest
 import torch
@@ -45,15 +44,6 @@ class Normalized(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalization.to_pixels(pixel_values))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run faster on one thread; on a shared CPU two spinning threads can be 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

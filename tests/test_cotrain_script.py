@@ -26,14 +26,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_embedded_digits_end_to_end_gives_a_loadable_model(tmp_path):
     out = tmp_path / "digits"
     metrics = cotrain.main(["--output_dir", str(out), *TINY])

@@ -43,12 +43,7 @@ def free_port() -> int:
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate CLI")
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single = cotrain.main(["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "16", *COMMON])
-    finally:
-        torch.set_num_threads(previous)
+    single = cotrain.main(["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "16", *COMMON])
 
     command = [
         "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

@@ -17,14 +17,6 @@ from hf_advsoup.evaluation import RobustnessResult, evaluate_robustness
 HALF = Normalization(mean=(0.5,), std=(0.5,))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class SoupLike(nn.Module):
     """Two linear heads mixed by ``beta``; records the betas it is called with."""
 

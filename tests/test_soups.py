@@ -69,15 +69,6 @@ def accuracy(model, x, y, **kwargs):
 PGD2 = AttackConfig.from_preset("pgd2")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: intra-op threads only add contention (100x slower under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------------- clean sweeps
 def test_clean_sweep_endpoints_are_clean_and_robust_modes_and_the_model_is_untouched():
     model = make_model()

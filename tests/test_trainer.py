@@ -32,15 +32,6 @@ NUM_LABELS = 4
 NORM = Normalization(mean=(0.5,), std=(0.5,))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine are 10-40x slower with two contending OpenMP threads.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_model(seed=0, adapter="cls_token", **overrides):
     torch.manual_seed(seed)
     config = AdvSoupViTConfig(
