@@ -238,23 +238,31 @@ def fmt_seconds(seconds: float) -> str:
 
 
 def catastrophic_overfitting(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Catastrophic overfitting from the robust accuracy monitored after every epoch, with the rule of the
-    library's detector (:class:`hf_advsoup.trainer.CatastrophicOverfittingCallback`): a value below
-    ``catastrophic_overfitting_drop`` (0.5) times the best so far, once the best exceeded
-    ``catastrophic_overfitting_min_best`` (0.05). Returns ``{"detected", "epoch", "best", "after", "final"}``."""
+    """Catastrophic overfitting from the robust accuracy monitored after every epoch.
+
+    A *drop* is the event the library's detector (:class:`hf_advsoup.trainer.CatastrophicOverfittingCallback`)
+    warns about: a value below ``catastrophic_overfitting_drop`` (0.5) times the best so far, once the best exceeded
+    ``catastrophic_overfitting_min_best`` (0.05); the defaults are read from :class:`CoTrainingArguments`. The
+    report calls it catastrophic overfitting (``detected``) only when the robustness is not regained: the last
+    monitored value is still below ``drop`` times the best of the run (the paper's Figures 6 and 10). A drop that
+    recovers (e.g. early in training, near chance level) is reported as ``transient``.
+
+    Returns ``{"monitored", "detected", "transient", "epoch", "best_before", "after", "best", "final", ...}``.
+    """
     from hf_advsoup.training_args import CoTrainingArguments
 
     fields = CoTrainingArguments.__dataclass_fields__
     drop = fields["catastrophic_overfitting_drop"].default
     min_best = fields["catastrophic_overfitting_min_best"].default
     series = [(h.get("epoch"), h["eval_robust_accuracy"]) for h in history if "eval_robust_accuracy" in h]
-    out: dict[str, Any] = {"detected": False, "monitored": bool(series), "drop": drop, "min_best": min_best,
-                           "final": series[-1][1] if series else None,
+    out: dict[str, Any] = {"detected": False, "transient": False, "monitored": bool(series), "drop": drop,
+                           "min_best": min_best, "final": series[-1][1] if series else None,
                            "best": max((v for _, v in series), default=None)}
     best = -1.0
     for epoch, value in series:
         if best > min_best and value < drop * best:
-            out.update(detected=True, epoch=epoch, best_before=best, after=value)
+            collapsed = out["final"] < drop * out["best"]
+            out.update(detected=collapsed, transient=not collapsed, epoch=epoch, best_before=best, after=value)
             break
         best = max(best, value)
     return out
@@ -820,13 +828,15 @@ def plot_alpha(rows: list[dict[str, Any]], front: list[float], path: Path, epsil
 
 
 def plot_monitoring(rows: list[dict[str, Any]], path: Path, epsilon: str, steps: int) -> Path:
-    """Robust accuracy (robust mode) monitored after every epoch, one line per training attack (Figure 6)."""
+    """Robust accuracy (robust mode) monitored after every epoch, one line per training attack (Figure 6); a run
+    whose robustness collapsed and was not regained (:func:`catastrophic_overfitting`) is labelled so."""
     figure = _figure((6.5, 4.5))
     ax = figure.add_subplot()
     for r in rows:
         if r["monitor"]:
             ax.plot([e for e, _ in r["monitor"]], [100 * v for _, v in r["monitor"]], marker=".",
-                    label=r["attack"] + (" [collapsed]" if r["catastrophic_overfitting"]["detected"] else ""))
+                    label=r["attack"] + (" [collapsed]" if catastrophic_overfitting(
+                        [{"epoch": e, "eval_robust_accuracy": v} for e, v in r["monitor"]])["detected"] else ""))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"robust accuracy, robust mode (%)\nmonitoring PGD-{steps}, l_inf {epsilon}")
     ax.set_title("Robust accuracy during co-training, per training attack", fontsize=9)
@@ -902,7 +912,7 @@ def observations(study: Study) -> dict[str, list[str]]:
             s.append(f"Fully shared co-training {'lost' if lost >= 0 else 'gained'} {points(lost, 0)} of robustness "
                      f"relative to the dual-token "
                      f"model ({pct(shared['robust_accuracy'])} vs {pct(token['robust_accuracy'])}): {verdict}"
-                     f"{'; catastrophic overfitting was detected during its training' if shared['catastrophic_overfitting']['detected'] else ''}.")
+                     f"{'; catastrophic overfitting was detected during its training' if _co(study, shared)['detected'] else ''}.")
         adapters = [r for r in rows if r["adapter"] in ADAPTERS]
         if adapters:
             best = max(adapters, key=lambda r: r["clean_accuracy"] + r["robust_accuracy"])
@@ -946,11 +956,11 @@ def observations(study: Study) -> dict[str, list[str]]:
         for r in rows:
             if r["preset"] in ("fast_at", "nfgsm") and p2:
                 d = r["robust_accuracy"] - p2["robust_accuracy"]
-                co = r["catastrophic_overfitting"]
+                co = _co(study, r)
                 s.append(f"{r['attack']} ({r['step_over_eps']:.3g} eps): {pct(r['robust_accuracy'])} robust accuracy, {points(d, 0)} "
                          f"{'above' if d >= 0 else 'below'} PGD-2; catastrophic overfitting "
                          + (f"detected at epoch {co['epoch']:g} (monitored robust accuracy {pct(co['best_before'])} "
-                            f"-> {pct(co['after'])})." if co["detected"] else "not detected."))
+                            f"-> {pct(co['after'])}, not regained)." if co["detected"] else "not detected."))
         out["table2"] = s
     if "alpha" in S:
         rows, front = S["alpha"]["rows"], S["alpha"]["pareto_front"]
@@ -1080,7 +1090,7 @@ def render_report(study: Study) -> str:
         for r in S["table1"]["rows"]:
             lines.append(f"| {r['setup']} | `{r['run']}` | {r['extra_parameters'] if r['extra_parameters'] is not None else '—'} "
                          f"| {pct(r['clean_accuracy'])} | {pct(r['robust_accuracy'])} | "
-                         f"{pct(r['clean_accuracy_robust_mode'])} | {_co_text(r['catastrophic_overfitting'])} | "
+                         f"{pct(r['clean_accuracy_robust_mode'])} | {_co_text(_co(study, r))} | "
                          f"{fmt_seconds(r['train_time_s'])} |")
         lines += ["", "Nominal and adversarial training are single networks (no adapter: both modes are the same "
                   "model). Fully shared co-training uses `alpha=0.5` and one copy of every weight.", ""]
@@ -1112,7 +1122,7 @@ def render_report(study: Study) -> str:
                   "catastrophic overfitting | train time |", "|---|---|---|---|---|---|---|"]
         for r in S["table2"]["rows"]:
             lines.append(f"| {r['attack']} | {r['steps']} | {r['step_over_eps']:.3g} | {pct(r['clean_accuracy'])} | "
-                         f"{pct(r['robust_accuracy'])} | {_co_text(r['catastrophic_overfitting'])} | "
+                         f"{pct(r['robust_accuracy'])} | {_co_text(_co(study, r))} | "
                          f"{fmt_seconds(r['train_time_s'])} |")
         lines += ["", f"![robust accuracy during training]({S['table2']['plot']})", ""]
     if "alpha" in S:
@@ -1169,12 +1179,20 @@ def render_report(study: Study) -> str:
     return "\n".join(lines)
 
 
+def _co(study: Study, row: dict[str, Any]) -> dict[str, Any]:
+    run = study.results["runs"].get(row["run"])
+    return catastrophic_overfitting(run["history"]) if run else row["catastrophic_overfitting"]
+
+
 def _co_text(co: dict[str, Any]) -> str:
     if not co.get("monitored"):
         return "not monitored (no attack)"
     if co["detected"]:
-        return (f"**yes**, epoch {co['epoch']:g}: {pct(co['best_before'])} -> {pct(co['after'])} "
+        return (f"**yes**, epoch {co['epoch']:g}: {pct(co['best_before'])} -> {pct(co['after'])}, not regained "
                 f"(final {pct(co['final'])})")
+    if co.get("transient"):
+        return (f"no (transient drop at epoch {co['epoch']:g}: {pct(co['best_before'])} -> {pct(co['after'])}, "
+                f"final {pct(co['final'])})")
     return "no"
 
 
@@ -1207,8 +1225,15 @@ def rewrite_report(output_dir: Path) -> dict[str, Any]:
         study.results["sections"]["soups"]["curves"] = _float_keys(study.results["sections"]["soups"]["curves"])
         if (output_dir / "soup_results.json").exists():
             study._soup_result = SoupEvaluation.load_json(output_dir / "soup_results.json")
+    sections = study.results["sections"]
+    if "table2" in sections:
+        plot_monitoring(sections["table2"]["rows"], output_dir / sections["table2"]["plot"], study.epsilon,
+                        study.args.monitor_steps)
+    if "alpha" in sections:
+        plot_alpha(sections["alpha"]["rows"], sections["alpha"]["pareto_front"], output_dir / sections["alpha"]["plot"],
+                   study.epsilon)
     (output_dir / "README.md").write_text(render_report(study))
-    logger.info("Rewrote %s from results.json", output_dir / "README.md")
+    logger.info("Rewrote %s and the section plots from results.json", output_dir / "README.md")
     return study.results
 
 

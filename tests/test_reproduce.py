@@ -46,6 +46,12 @@ def test_catastrophic_overfitting_rule_matches_the_library_detector():
     co = reproduce.catastrophic_overfitting(history)
     assert co["detected"] and co["epoch"] == 5 and co["best_before"] == 0.4 and co["after"] == 0.1
     assert co["final"] == 0.05
+    assert not co["transient"]
+    # A drop that is regained (here early, near chance level) is transient, not catastrophic overfitting.
+    early = [{"epoch": e, "eval_robust_accuracy": v} for e, v in enumerate([0.12, 0.04, 0.5, 0.6], 1)]
+    co = reproduce.catastrophic_overfitting(early)
+    assert co["transient"] and not co["detected"] and co["epoch"] == 2
+    assert reproduce._co_text(co).startswith("no (transient drop at epoch 2")
     steady = [{"epoch": e, "eval_robust_accuracy": v} for e, v in enumerate([0.1, 0.3, 0.25, 0.3], 1)]
     assert not reproduce.catastrophic_overfitting(steady)["detected"]
     # Below min_best (0.05) nothing counts as a collapse; without monitoring nothing is claimed.
