@@ -848,6 +848,8 @@ def plot_monitoring(rows: list[dict[str, Any]], path: Path, epsilon: str, steps:
 
 # ----------------------------------------------------------------------------------------------------- the report
 PAPER_CLAIMS = {
+    "epsilon": "l_inf 4/255 on natural images, where a nominal model has no robustness and adversarial training costs "
+               "a few points of clean accuracy",
     "table1": "co-training with a doubled classification token matches or beats nominal training in clean mode and "
               "nearly matches adversarial training in robust mode; fully shared co-training (no adapter) loses all "
               "robustness",
@@ -870,6 +872,19 @@ def observations(study: Study) -> dict[str, list[str]]:
     """Sentences built by comparing the numbers (never typed by hand), per section."""
     S = study.results["sections"]
     out: dict[str, list[str]] = {}
+    if "epsilon" in S:
+        s = []
+        for r in S["epsilon"]["rows"]:
+            cost = r["nominal_clean_accuracy"] - r["adversarial_clean_accuracy"]
+            if r["adversarial_clean_accuracy"] < 0.5 * r["nominal_clean_accuracy"]:
+                s.append(f"At {r['epsilon']} adversarial training did not learn the task "
+                         f"({pct(r['adversarial_clean_accuracy'])} clean accuracy) in this budget.")
+            else:
+                s.append(f"At {r['epsilon']} the nominal model keeps {pct(r['nominal_robust_accuracy'])} robust "
+                         f"accuracy and adversarial training {'costs' if cost > 0 else 'gains'} {points(cost, 0)} of "
+                         f"clean accuracy ({pct(r['adversarial_robust_accuracy'])} robust).")
+        s.append(f"Chosen: {S['epsilon']['choice']['epsilon']}.")
+        out["epsilon"] = s
     if "table1" in S:
         rows = S["table1"]["rows"]
         nominal = _row_by(rows, "alpha", 1.0)
@@ -1168,9 +1183,11 @@ def render_report(study: Study) -> str:
             lines.append(f"| {name} | " + " | ".join(pct(cells.get(col)) for col in T["columns"]) + " |")
         lines.append("")
     lines += ["## What we see vs. the paper", ""]
-    for section in ("table1", "soups", "table2", "alpha", "transfer"):
+    titles = {"epsilon": "Epsilon", "table1": "Table 1", "soups": "Table 9 / Figure 4", "table2": "Table 2",
+              "alpha": "Figure 3", "transfer": "Table 6"}
+    for section in titles:
         if section in obs:
-            lines.append(f"- **{ {'table1': 'Table 1', 'soups': 'Table 9 / Figure 4', 'table2': 'Table 2', 'alpha': 'Figure 3', 'transfer': 'Table 6'}[section] }** "
+            lines.append(f"- **{titles[section]}** "
                          f"(paper: {PAPER_CLAIMS[section]}). " + " ".join(obs[section]))
     not_run = [s for s in SECTIONS if s not in S]
     if not_run:
