@@ -19,7 +19,7 @@ Sections (``--sections``, run in this order; each reuses the runs of the previou
   (digits 0-4), fine-tune on the other half (digits 5-9, new labels, new head) with the ``head`` and ``all``
   strategies; the co-trained token is initialised from robust mode and from clean mode.
 
-Launch (offline; about 35 minutes on 2 CPU cores with the defaults, a few minutes with ``--quick``)::
+Launch (offline; about 30 minutes on 2 CPU cores with the defaults, well under a minute with ``--quick``)::
 
     OMP_NUM_THREADS=1 python scripts/reproduce.py                      # everything, writes model_cards/digits/
     OMP_NUM_THREADS=1 python scripts/reproduce.py --quick --output_dir /tmp/quick   # a smoke run (minutes)
@@ -72,7 +72,7 @@ ADAPTER_TITLES = {
 @dataclass
 class ReproduceArguments:
     """What to reproduce, at which scale, and where to write the report. Defaults: the full study on the embedded
-    digits (about 35 minutes on 2 CPU cores with ``OMP_NUM_THREADS=1``)."""
+    digits (about 30 minutes on 2 CPU cores with ``OMP_NUM_THREADS=1``)."""
 
     output_dir: str = field(
         default="model_cards/digits",
