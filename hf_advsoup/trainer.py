@@ -221,16 +221,17 @@ class EMACallback(TrainerCallback):
 class CatastrophicOverfittingCallback(TrainerCallback):
     """Watches ``eval_robust_accuracy`` for a collapse (catastrophic overfitting, Figures 6 and 10 of the paper).
 
-    A collapse is reported when, once the best robust accuracy has exceeded ``min_best``, an evaluation falls below
-    ``drop * best``. It logs a warning naming the likely causes; with ``stop=True`` it also stops training, prevents
+    A collapse is reported when, once the best robust accuracy has exceeded ``min_best`` and twice the chance level
+    ``1 / num_labels`` (early in training robust accuracy hovers around chance, and a dip there is noise, not a
+    collapse), an evaluation falls below ``drop * best``. It logs a warning naming the likely causes; with ``stop=True`` it also stops training, prevents
     the collapsed weights from being saved as a checkpoint, and records :attr:`last_good_checkpoint` (the last
     checkpoint saved no later than the last good evaluation), which :class:`CoTrainer` restores after training.
     """
 
     def __init__(self, drop: float = 0.5, min_best: float = 0.05, stop: bool = False,
-                 metric: str = "eval_robust_accuracy"):
+                 metric: str = "eval_robust_accuracy", num_labels: int | None = None):
         self.drop = drop
-        self.min_best = min_best
+        self.min_best = max(min_best, 2.0 / num_labels) if num_labels else min_best
         self.stop = stop
         self.metric = metric
         self.best: float | None = None
@@ -355,6 +356,7 @@ class CoTrainer(Trainer):
             drop=args.catastrophic_overfitting_drop,
             min_best=args.catastrophic_overfitting_min_best,
             stop=args.stop_on_catastrophic_overfitting,
+            num_labels=getattr(self.accelerator.unwrap_model(self.model).config, "num_labels", None),
         )
         self.add_callback(self.overfitting_monitor)
         self._rng_position: tuple[int, int] | None = None

@@ -150,7 +150,8 @@ class CoTrainingArguments(TrainingArguments):
         default=0.05,
         metadata={
             "help": "Only report catastrophic overfitting once the best robust accuracy has exceeded this value "
-            "(fraction in [0, 1]); avoids false alarms while robust accuracy is still at chance early in training."
+            "(fraction in [0, 1]) and twice the chance level 1/num_labels; avoids false alarms while robust "
+            "accuracy is still near chance early in training."
         },
     )
     stop_on_catastrophic_overfitting: bool = field(

@@ -332,6 +332,16 @@ def test_catastrophic_overfitting_detected_and_last_good_checkpoint(tmp_path):
     for robust in (0.02, 0.0, 0.3, 0.2):  # below min_best at first: no false alarm at chance level
         calm.on_evaluate(args, state, TrainerControl(), metrics={"eval_robust_accuracy": robust})
     assert not calm.collapsed
+    # With 10 classes, an early dip from 12.5% to 4% (near chance, 10%) is noise; the same run later collapsing
+    # from 80% is not.
+    ten_classes = CatastrophicOverfittingCallback(drop=0.5, min_best=0.05, num_labels=10)
+    assert ten_classes.min_best == 0.2
+    for robust in (0.125, 0.04, 0.6, 0.8):
+        ten_classes.on_evaluate(args, state, TrainerControl(), metrics={"eval_robust_accuracy": robust})
+    assert not ten_classes.collapsed
+    ten_classes.on_evaluate(args, state, TrainerControl(), metrics={"eval_robust_accuracy": 0.1})
+    assert ten_classes.collapsed
+    assert CatastrophicOverfittingCallback(min_best=0.05, num_labels=1000).min_best == 0.05
 
 
 def test_stop_on_collapse_restores_last_good_checkpoint(tmp_path, monkeypatch, caplog):
