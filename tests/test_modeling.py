@@ -15,28 +15,10 @@ from transformers import AutoModelForImageClassification, ViTConfig, ViTForImage
 from transformers.models.vit import ViTImageProcessorPil
 
 from hf_advsoup import ADAPTER_TYPES, AdvSoupViTConfig, AdvSoupViTForImageClassification
+from tiny_soup import TINY, images
+from tiny_soup import make_soup_model as make_model
 
 ADAPTERS = [a for a in ADAPTER_TYPES if a != "none"]
-TINY = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16, patch_size=4,
-    num_labels=5,
-)
-
-
-def make_model(seed=0, **overrides) -> AdvSoupViTForImageClassification:
-    torch.manual_seed(seed)
-    model = AdvSoupViTForImageClassification(AdvSoupViTConfig(**{**TINY, **overrides})).eval()
-    # Both copies start equal; make them differ with noise (a constant shift would vanish in LayerNorm).
-    with torch.no_grad():
-        for param in model.adversarial_adapter.values():
-            param.add_(torch.randn_like(param) * 0.5)
-    return model
-
-
-def images(n=4, seed=1, size=16):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
 def with_adapter(model, weights: dict) -> AdvSoupViTForImageClassification:
     """A copy of `model` in clean mode whose clean adapter tensors were set by hand."""
     other = copy.deepcopy(model)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
+from hf_advsoup import AdvSoupViTForImageClassification
 from hf_advsoup.transfer import (
     CLS_TOKEN,
     PAPER_RECIPE,
@@ -35,27 +35,10 @@ from hf_advsoup.transfer import (
     trainable_parameter_names,
     write_results_table,
 )
+from tiny_soup import images
+from tiny_soup import make_soup_model as make_source
 
-TINY = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16, patch_size=4,
-    num_labels=5,
-)
 LABELS3 = {0: "cat", 1: "dog", 2: "bird"}
-
-
-def make_source(seed=0, **overrides) -> AdvSoupViTForImageClassification:
-    """A co-trained-looking model: the two adapter copies differ by random noise (a constant shift would vanish in
-    LayerNorm)."""
-    torch.manual_seed(seed)
-    model = AdvSoupViTForImageClassification(AdvSoupViTConfig(**{**TINY, **overrides})).eval()
-    with torch.no_grad():
-        for param in model.adversarial_adapter.values():
-            param.add_(torch.randn_like(param) * 0.5)
-    return model
-
-
-def images(n=4, seed=1, size=16):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture
