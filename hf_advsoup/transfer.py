@@ -127,7 +127,7 @@ class TransferRecipe:
     def data_defaults(self) -> dict[str, Any]:
         """Field values for :class:`~hf_advsoup.data.DataArguments` (pre-processing of appendix C)."""
         return {
-            # random_resized_crop=False: a plain resize to the model's size, aspect ratio not kept (see data.py).
+            # random_resized_crop=False: a plain resize to the model's size, aspect ratio not kept (see data/transforms.py).
             "random_resized_crop": self.random_resized_crop,
             "horizontal_flip": self.random_horizontal_flip,
         }

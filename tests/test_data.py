@@ -528,7 +528,7 @@ def test_data_arguments_parse_next_to_training_arguments():
 def test_decode_accepts_bytes_dicts():
     buffer = io.BytesIO()
     Image.new("RGB", (3, 3), (1, 2, 3)).save(buffer, format="PNG")
-    image = data_module._decode({"bytes": buffer.getvalue(), "path": None})
+    image = data_module.images._decode({"bytes": buffer.getvalue(), "path": None})
     assert image.getpixel((0, 0)) == (1, 2, 3)
 
 

@@ -1,0 +1,61 @@
+"""Image-classification data for co-training and transfer: loading, schema detection, RGB conversion, presets,
+per-example transforms and the collator.
+
+Everything here produces the canonical layout the rest of the library expects:
+
+* ``load_image_dataset(DataArguments) -> datasets.DatasetDict`` with splits ``train``, ``validation`` and, when
+  the source has a distinct labelled test split, ``test``; each split has exactly two columns, ``image``
+  (:class:`datasets.Image`) and ``label`` (:class:`datasets.ClassLabel` with names). Corrupt images are removed
+  and counted (``dataset_dict.report.num_corrupt_images``), never trained on.
+* ``load_eval_split(name, split) -> datasets.Dataset``: ONE split in the same layout (for evaluation), without a
+  train split and, for Hub ids, without downloading the other splits.
+* ``build_transforms(...)`` returns a callable for :meth:`datasets.Dataset.set_transform` that turns a batch of
+  rows into ``pixel_values`` (float32, normalised with the processor's mean/std, ``(3, H, W)`` at the model's
+  size) and ``labels`` (int). Because the ``image`` column is consumed lazily, the Trainer must run with
+  ``remove_unused_columns=False`` (otherwise it drops ``image`` before the transform sees it).
+* ``collate_fn(examples)`` stacks them into ``{"pixel_values": (B, 3, H, W), "labels": (B,)}``.
+
+Batched, on-device augmentation (RandAugment, MixUp, CutMix) lives in :mod:`hf_advsoup.augmentation`; it runs on
+``[0, 1]`` pixels after the trainer un-normalises, since attacks also work in pixel space.
+
+Provenance: the co-training recipe (appendix A of Rebuffi et al., ICLR 2023) uses random resized crops and
+horizontal flips per example (:mod:`.transforms`) plus RandAugment/MixUp/CutMix per batch (augmentation.py); transfer
+(appendix C) resizes to the model's size without keeping the aspect ratio and flips horizontally.
+No torchvision: PIL, numpy and torch only.
+
+Where things live (each module one concern):
+
+* :mod:`.presets`: ``DatasetPreset`` and ``DATASET_PRESETS`` (Hub ids, columns, splits, image sizes).
+* :mod:`.arguments`: ``DataArguments``, the data flags of every script.
+* :mod:`.sources`: the embedded digits, local folders/files and the Hub, as raw splits.
+* :mod:`.schema`: column detection, the canonical ``image``/``label`` layout, corrupt-image removal, carve-outs.
+* :mod:`.loading`: ``load_image_dataset`` and ``load_eval_split``, which put the above together.
+* :mod:`.images`: any PIL mode to 8-bit RGB (``to_rgb``) and cell decoding.
+* :mod:`.transforms`: per-example transforms for ``set_transform`` and the collator.
+"""
+
+from .arguments import DataArguments
+from .images import to_rgb
+from .loading import load_eval_split, load_image_dataset
+from .presets import DATASET_PRESETS, DatasetPreset, find_preset
+from .schema import DataReport, detect_columns
+from .sources import DatasetUnavailableError, load_digits_dataset
+from .transforms import ImageClassificationTransform, build_transforms, collate_fn, set_image_transforms
+
+__all__ = [
+    "DATASET_PRESETS",
+    "DataArguments",
+    "DataReport",
+    "DatasetPreset",
+    "DatasetUnavailableError",
+    "ImageClassificationTransform",
+    "build_transforms",
+    "collate_fn",
+    "detect_columns",
+    "find_preset",
+    "load_digits_dataset",
+    "load_eval_split",
+    "load_image_dataset",
+    "set_image_transforms",
+    "to_rgb",
+]
