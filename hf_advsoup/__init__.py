@@ -1,25 +1,27 @@
 """hf_advsoup: adversarial co-training with adapters and adversarial model soups for Hugging Face transformers.
 
-Importing the package registers ``AdvSoupViTConfig`` and ``AdvSoupViTForImageClassification`` with the transformers
-Auto classes, so ``AutoModelForImageClassification.from_pretrained(path, beta=0.5)`` and
-``pipeline("image-classification", model=path)`` work on saved soups. The other modules (attacks, data, training,
+Importing the package registers ``AdvSoupViTConfig``, ``AdvSoupViTModel`` and ``AdvSoupViTForImageClassification`` with
+the transformers Auto classes, so ``AutoModelForImageClassification.from_pretrained(path, beta=0.5)``,
+``AutoModel.from_pretrained(path)`` and ``pipeline("image-classification", model=path)`` work on saved soups. The other modules (attacks, data, training,
 soups, hub, transfer) load on first use of one of their names, so ``import hf_advsoup`` stays light.
 """
 
 import importlib
 
-from transformers import AutoConfig, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration_advsoup import ADAPTER_TYPES, POOLING_TYPES, AdvSoupViTConfig
-from .modeling_advsoup import AdvSoupViTForImageClassification, adapter_parameter_names, soup_weights
+from .modeling_advsoup import AdvSoupViTForImageClassification, AdvSoupViTModel, adapter_parameter_names, soup_weights
 
 __version__ = "0.1.0"
 
 AutoConfig.register(AdvSoupViTConfig.model_type, AdvSoupViTConfig, exist_ok=True)
+AutoModel.register(AdvSoupViTConfig, AdvSoupViTModel, exist_ok=True)
 AutoModelForImageClassification.register(AdvSoupViTConfig, AdvSoupViTForImageClassification, exist_ok=True)
 # save_pretrained writes `auto_map` and copies the modeling code next to the weights (trust_remote_code loading
 # where hf_advsoup is not installed).
 AdvSoupViTConfig.register_for_auto_class()
+AdvSoupViTModel.register_for_auto_class("AutoModel")
 AdvSoupViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 _LAZY = {
@@ -56,6 +58,7 @@ __all__ = [
     "POOLING_TYPES",
     "AdvSoupViTConfig",
     "AdvSoupViTForImageClassification",
+    "AdvSoupViTModel",
     "adapter_parameter_names",
     "soup_weights",
     "__version__",

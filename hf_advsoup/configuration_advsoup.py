@@ -53,6 +53,18 @@ def validate_beta(beta) -> float:
     return beta
 
 
+def _pair(value) -> tuple[int, int]:
+    return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
+
+
+def patch_grid(image_size, patch_size, stride) -> tuple[int, int]:
+    """Rows and columns of patches that a ``patch_size`` convolution with ``stride`` cuts from an image of
+    ``image_size`` (an int or ``(height, width)``): ``(size - patch_size) // stride + 1`` per side."""
+    (height, width), (patch_h, patch_w) = _pair(image_size), _pair(patch_size)
+    stride_h, stride_w = _pair(stride)
+    return (height - patch_h) // stride_h + 1, (width - patch_w) // stride_w + 1
+
+
 class AdvSoupViTConfig(ViTConfig):
     r"""Configuration of :class:`~hf_advsoup.AdvSoupViTForImageClassification`.
 
@@ -101,9 +113,31 @@ class AdvSoupViTConfig(ViTConfig):
         self.beta = validate_beta(self.beta)
         if not 0.0 <= float(self.drop_path_rate) < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
-        if self.patch_stride is not None and int(self.patch_stride) < 1:
-            raise ValueError(f"patch_stride must be a positive integer or None, got {self.patch_stride}.")
         super().__post_init__(**kwargs)
+        self.validate_geometry()
+
+    def validate_geometry(self) -> None:
+        """Check that the patches tile the image exactly: ``patch_size <= image_size`` and ``(image_size -
+        patch_size)`` a multiple of the stride, per side. Otherwise the last rows or columns of every image would be
+        silently ignored (or the model would fail at its first forward). Called by the model too, because
+        ``from_pretrained(path, image_size=...)`` sets fields after this config was built."""
+        stride = self.patch_stride if self.patch_stride is not None else self.patch_size
+        if isinstance(stride, bool) or int(stride) != stride or int(stride) < 1:
+            raise ValueError(f"patch_stride must be a positive integer or None, got {self.patch_stride}.")
+        for side, size, patch in zip(("height", "width"), _pair(self.image_size), _pair(self.patch_size)):
+            if patch > size:
+                raise ValueError(
+                    f"patch_size={patch} is larger than the image {side} ({size} px, image_size="
+                    f"{self.image_size}): choose a patch size of at most {size}."
+                )
+            leftover = (size - patch) % int(stride)
+            if leftover:
+                fits = [s for s in range(1, size + 1) if (size - patch) % s == 0 and s <= patch]
+                raise ValueError(
+                    f"patch_size={patch} with stride {int(stride)} does not tile the image {side} of {size} px: the "
+                    f"last {leftover} px would never be seen. Strides that tile it with this patch size: "
+                    f"{fits}; or change image_size / patch_size."
+                )
 
 
-__all__ = ["AdvSoupViTConfig", "ADAPTER_TYPES", "POOLING_TYPES"]
+__all__ = ["AdvSoupViTConfig", "ADAPTER_TYPES", "POOLING_TYPES", "patch_grid"]

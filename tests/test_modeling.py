@@ -39,7 +39,7 @@ def test_shapes_for_every_adapter_and_pooling(adapter, pooling):
     assert all(h.shape == (3, 50, 32) for h in out.hidden_states)
     expected = {"cls_token": 32, "layernorm": 2 * 2 * 2 * 32 + 2 * 32, "pos_embed": 50 * 32,
                 "patch_embed": 32 * 3 * 4 * 4 + 32, "none": 0}[adapter]
-    assert sum(p.numel() for p in model.adversarial_adapter.parameters()) == expected
+    assert sum(p.numel() for p in model.adversarial_adapter_parameters().values()) == expected
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -91,7 +91,7 @@ def test_cls_pooling_with_equal_copies_is_the_vanilla_vit():
     vanilla = ViTForImageClassification(ViTConfig(**TINY)).eval()
     model = AdvSoupViTForImageClassification(AdvSoupViTConfig(**TINY, pooling="cls", adapter="layernorm")).eval()
     missing, unexpected = model.load_state_dict(vanilla.state_dict(), strict=False)
-    assert unexpected == [] and all(k.startswith("adversarial_adapter.") for k in missing)
+    assert unexpected == [] and missing and all(".adversarial_" in k for k in missing)
     with torch.no_grad():
         for name, param in model.adversarial_adapter_parameters().items():
             param.copy_(model.vit.get_parameter(name))
@@ -163,6 +163,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["auto_map"]["AutoModelForImageClassification"].startswith("modeling_advsoup.")
+    assert config["auto_map"]["AutoModel"] == "modeling_advsoup.AdvSoupViTModel"
     assert (tmp_path / "ckpt" / "modeling_advsoup.py").exists()
     x = images(2)
     torch.save(x, tmp_path / "x.pt")
@@ -178,11 +179,15 @@ def test_remote_code_loads_without_the_package(tmp_path):
         sys.meta_path.insert(0, BlockPackage())
         import torch
         from transformers import AutoModelForImageClassification
+        from transformers import AutoModel
         model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True, beta=0.5).eval()
-        assert "hf_advsoup" not in sys.modules
+        encoder = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True, beta=0.5).eval()
+        assert "hf_advsoup" not in sys.modules and type(encoder).__name__ == "AdvSoupViTModel"
         assert all(torch.isfinite(p).all() for p in model.parameters())
         with torch.no_grad():
-            torch.save(model(torch.load(sys.argv[2])).logits, sys.argv[3])
+            x = torch.load(sys.argv[2])
+            assert torch.equal(model.classifier(encoder(x).pooler_output), model(x).logits)
+            torch.save(model(x).logits, sys.argv[3])
         """
     )
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
@@ -198,7 +203,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
 def test_exported_soup_is_standalone_and_predicts_identically(tmp_path, adapter):
     model = make_model(adapter=adapter)
     exported = model.export_soup(0.3)
-    assert exported.config.adapter == "none" and len(exported.adversarial_adapter) == 0
+    assert exported.config.adapter == "none" and exported.adversarial_adapter_parameters() == {}
     exported.save_pretrained(tmp_path)
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
     x = images()
@@ -236,7 +241,7 @@ def test_gradients_reach_both_copies_in_a_mixed_batch(adapter):
     # A clean-only batch gives the adversarial copy a zero gradient (it is in the graph, for DDP).
     model.zero_grad()
     model(x, labels=labels, beta=torch.ones(4)).loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in model.adversarial_adapter.values())
+    assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in model.adversarial_adapter_parameters().values())
 
 
 def test_soft_labels_use_soft_cross_entropy():
@@ -250,7 +255,7 @@ def test_soft_labels_use_soft_cross_entropy():
 
 def test_drop_path_is_stochastic_in_training_only():
     model = make_model(drop_path_rate=0.5, num_hidden_layers=3)
-    assert model._drop_path_rates == [0.0, 0.25, 0.5]
+    assert [layer.drop_path_rate for layer in model.vit.layers] == [0.0, 0.25, 0.5]
     x = images()
     with torch.no_grad():
         assert torch.equal(model(x).logits, model(x).logits)
@@ -261,10 +266,10 @@ def test_drop_path_is_stochastic_in_training_only():
         assert not torch.allclose(a, model(x).logits)
 
 
-def test_hidden_states_and_attentions(tmp_path):
+def test_hidden_states_and_attentions():
     model = make_model()
-    with pytest.raises(ValueError, match="eager"):
-        model(images(), output_attentions=True)
+    # As for ViT: the default SDPA attention returns no attention weights (transformers logs it), and carries on.
+    assert model(images(2), output_attentions=True).logits.shape == (2, 5)
     model.set_attn_implementation("eager")
     out = model(images(2), output_attentions=True, output_hidden_states=True)
     assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 2, 17, 17)
@@ -272,6 +277,39 @@ def test_hidden_states_and_attentions(tmp_path):
     assert len(out.hidden_states) == 3
     as_tuple = model(images(2), return_dict=False)
     assert isinstance(as_tuple, tuple) and as_tuple[0].shape == (2, 5)
+
+
+def test_hidden_states_can_be_selected_by_layer():
+    model = make_model(num_hidden_layers=3)
+    x = images(2)
+    every = model(x, beta=0.3, output_hidden_states=True).hidden_states
+    chosen = model(x, beta=0.3, output_hidden_states=[0, 2, -1]).hidden_states
+    # As for ViT: the tuple keeps every position, with None where a state was not selected.
+    assert len(every) == 4 and len(chosen) == 4 and chosen[1] is None
+    for i in (0, 2, 3):
+        torch.testing.assert_close(chosen[i], every[i], rtol=0, atol=0)
+    # The embeddings output (state 0) is the soup's: robust mode's differs from clean mode's.
+    assert not torch.allclose(model(x, beta=0.0, output_hidden_states=[0]).hidden_states[0], every[0])
+
+
+def test_attention_mask_as_in_vit_and_mean_pooling_over_unmasked_patches():
+    model = make_model(adapter="layernorm")
+    model.set_attn_implementation("eager")
+    x = images(2)
+    full = torch.ones(2, 17, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, attention_mask=full, beta=0.4).logits, model(x, beta=0.4).logits,
+                                   rtol=0, atol=1e-6)
+        mask = full.clone()
+        mask[:, 9:] = 0  # tokens 9-16 (the patches of pixel rows 8-15) are padding
+        masked = model(x, attention_mask=mask, beta=0.4, output_hidden_states=True)
+        assert not torch.allclose(masked.logits, model(x, beta=0.4).logits, atol=1e-4)
+        # Padding is neither attended to nor pooled: changing the padded patches changes nothing.
+        bottom_rows = (torch.arange(16) >= 8).float()[None, None, :, None]
+        other = model(x + 5 * torch.randn_like(x) * bottom_rows, attention_mask=mask, beta=0.4)
+        torch.testing.assert_close(other.logits, masked.logits, rtol=0, atol=1e-5)
+        final = model.vit.layernorm(masked.hidden_states[-1], model.soup_for(2, 0.4))
+        torch.testing.assert_close(masked.logits, model.classifier(final[:, 1:9].mean(1)), rtol=0, atol=1e-5)
 
 
 def test_pipeline_on_pil_images(tmp_path):
@@ -316,24 +354,126 @@ def test_invalid_forward_beta(tmp_path):
         model(x, beta=torch.ones(2))
     with pytest.raises(TypeError, match="finite number"):
         model(x, beta="half")
-    # A NaN beta set after construction (from_pretrained(..., beta=...) uses setattr) is caught at use.
+    # from_pretrained(..., beta=...) sets the field after the config was built: checked at load.
     model.save_pretrained(tmp_path)
-    loaded = AdvSoupViTForImageClassification.from_pretrained(tmp_path, beta=float("nan"))
-    with pytest.raises(ValueError, match="finite"):
-        loaded(x)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            AdvSoupViTForImageClassification.from_pretrained(tmp_path, beta=bad)
+    with pytest.raises(TypeError, match="finite number"):
+        AutoModelForImageClassification.from_pretrained(tmp_path, beta="half")
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_gives_the_same_gradients(use_reentrant):
+    """Checkpointing runs through the stock layers' own mechanism, and the replay during backward uses the soup of
+    the forward it replays (per-sample LayerNorm adapters here), not whatever is current at backward time."""
     model = make_model(adapter="layernorm", drop_path_rate=0.0).train()
     x, labels, beta = images(4), torch.tensor([0, 1, 2, 3]), torch.tensor([1.0, 1.0, 0.0, 0.0])
     model(x, labels=labels, beta=beta).loss.backward()
     reference = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    model.activation_checkpointing_enable()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert all(layer.gradient_checkpointing for layer in model.vit.layers)
+    calls = []
+    for layer in model.vit.layers:
+        run = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *a, run=run, **k: calls.append(1) or run(*a, **k)
     model(x, labels=labels, beta=beta).loss.backward()
+    assert len(calls) == len(model.vit.layers)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, reference[name], rtol=0, atol=1e-6)
+
+
+LEGACY = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_checkpoints")
+
+
+@pytest.mark.parametrize("name", sorted(d for d in os.listdir(LEGACY) if os.path.isdir(os.path.join(LEGACY, d))))
+def test_checkpoints_of_the_earlier_layout_load_exactly(tmp_path, name):
+    """Checkpoints saved before the adversarial copies moved next to their clean ones (one `adversarial_adapter`
+    dict) give the logits they gave then, and are saved again in the current layout."""
+    folder = os.path.join(LEGACY, name)
+    expected = json.loads(open(os.path.join(folder, "expected.json")).read())
+    model, info = AdvSoupViTForImageClassification.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    x = torch.tensor(expected["pixel_values"])
+    with torch.no_grad():
+        for beta, logits in expected["logits"].items():
+            torch.testing.assert_close(model.eval()(x, beta=float(beta)).logits, torch.tensor(logits), rtol=0, atol=1e-6)
+    if model.config.adapter != "none":  # the fixtures' two modes differ
+        assert not torch.allclose(torch.tensor(expected["logits"]["1.0"]), torch.tensor(expected["logits"]["0.0"]))
+    model.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert not any(k.startswith("adversarial_adapter") for k in keys)
+    assert sum(".adversarial_" in k for k in keys) == len(model.adapter_parameter_names)
+    again = AdvSoupViTForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, beta=0.3).logits, model(x, beta=0.3).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("saved, claimed", [("cls_token", "layernorm"), ("layernorm", "cls_token"),
+                                            ("patch_embed", "none"), ("pos_embed", "cls_token")])
+def test_a_config_whose_adapter_does_not_match_the_weights_is_refused(tmp_path, saved, claimed):
+    model = make_model(adapter=saved)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["adapter"] = claimed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"does not match adapter='{claimed}'.*adversarial"):
+        AutoModelForImageClassification.from_pretrained(tmp_path)
+    config["adapter"] = saved
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match adapter"):
+        AdvSoupViTForImageClassification.from_pretrained(tmp_path, adapter=claimed)
+    AdvSoupViTForImageClassification.from_pretrained(tmp_path)  # the right adapter loads
+
+
+def test_a_single_copy_checkpoint_starts_both_copies_from_its_weights(tmp_path):
+    model = make_model(adapter="cls_token")
+    model.export_soup(0.3).save_pretrained(tmp_path)
+    loaded = AdvSoupViTForImageClassification.from_pretrained(tmp_path, adapter="cls_token")
+    assert torch.equal(loaded.vit.embeddings.adversarial_cls_token, loaded.vit.embeddings.cls_token)
+    assert torch.allclose(loaded.vit.embeddings.cls_token, model.soup_adapter(0.3)["embeddings.cls_token"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"patch_size": 5}, "does not tile the image height of 16 px: the last 1 px"),
+        ({"patch_size": 32}, "larger than the image height"),
+        ({"patch_size": 4, "patch_stride": 5}, "stride 5 does not tile the image height of 16 px: the last 2 px"),
+        ({"patch_stride": 0}, "positive integer"),
+    ],
+)
+def test_patches_that_do_not_tile_the_image_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdvSoupViTConfig(**{**TINY, **kwargs})
+
+
+def test_geometry_set_at_load_is_checked(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not tile"):
+        AdvSoupViTForImageClassification.from_pretrained(tmp_path, image_size=18)
+
+
+def test_the_soup_is_set_for_one_forward_only():
+    """The embeddings and final LayerNorm read the soup of the forward in progress; outside a forward (e.g. a call
+    of `model.vit` itself) they use `config.beta`, and a copy of the model has its own soup state."""
+    model = make_model()
+    x = images(2)
+    with torch.no_grad():
+        model(x, beta=0.0)
+        assert model.soup_context.get() == (1.0, 0.0)
+        torch.testing.assert_close(model.classifier(model.vit(x).last_hidden_state[:, 1:].mean(1)),
+                                   model(x).logits, rtol=0, atol=0)
+        model.config.beta = 0.25
+        assert model.soup_context.get() == (0.25, 0.75)
+        twin = copy.deepcopy(model)
+        assert twin.soup_context is not model.soup_context and twin.soup_context.config is twin.config
+        assert twin.vit.embeddings.soup_context is twin.soup_context
+        torch.testing.assert_close(twin(x, beta=0.6).logits, model(x, beta=0.6).logits, rtol=0, atol=0)
 
 
 def test_package_exports_resolve():
@@ -359,9 +499,9 @@ def test_forward_compiles_as_one_graph(adapter):
 
 def test_split_units_are_modules_whose_forward_runs():
     """FSDP wraps (and device_map splits at) `_no_split_modules`; a unit whose forward never runs would keep its
-    weights sharded. This model runs embeddings and blocks itself and calls attention and MLP modules."""
+    weights sharded. The stock ViTModel.forward calls the embeddings and every block."""
     model = make_model()
-    assert model._no_split_modules == {"ViTAttention", "ViTMLP"}
+    assert model._no_split_modules == {"AdvSoupViTEmbeddings", "AdvSoupViTLayer"}
     called = set()
     hooks = [m.register_forward_hook(lambda mod, *_: called.add(type(mod).__name__)) for m in model.modules()]
     with torch.no_grad():

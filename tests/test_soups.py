@@ -46,7 +46,7 @@ def make_model(seed=0, **overrides) -> AdvSoupViTForImageClassification:
     model = AdvSoupViTForImageClassification(AdvSoupViTConfig(**{**TINY, **overrides})).eval()
     # The two copies start equal; random noise makes the modes differ (a constant would vanish in LayerNorm).
     with torch.no_grad():
-        for param in model.adversarial_adapter.values():
+        for param in model.adversarial_adapter_parameters().values():
             param.add_(torch.randn_like(param) * 2.0)
     return model
 

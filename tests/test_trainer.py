@@ -40,7 +40,7 @@ def make_model(seed=0, adapter="cls_token", **overrides):
     )
     model = AdvSoupViTForImageClassification(config)
     with torch.no_grad():  # make the two copies differ (random noise: a constant would vanish in LayerNorm)
-        for param in model.adversarial_adapter.values():
+        for param in model.adversarial_adapter_parameters().values():
             param.add_(torch.randn_like(param) * 0.3)
     return model
 
@@ -206,7 +206,7 @@ def test_only_intended_parameters_change(tmp_path, alpha):
     before = params(model)
     trainer.train()
     after = params(model)
-    clean, adversarial = "vit.embeddings.cls_token", "adversarial_adapter.embeddings_cls_token"
+    clean, adversarial = "vit.embeddings.cls_token", "vit.embeddings.adversarial_cls_token"
     unused, used = (adversarial, clean) if alpha == 1.0 else (clean, adversarial)
     # The unused token gets no gradient and, being a token, no weight decay: it must not move at all.
     assert torch.equal(before[unused], after[unused])
@@ -218,13 +218,13 @@ def test_decay_parameters_treat_both_copies_alike(tmp_path):
     trainer = make_trainer(tmp_path, model=make_model(adapter="layernorm"))
     names = set(trainer.get_decay_parameter_names(trainer.model))
     assert "vit.layers.0.mlp.fc1.weight" in names
-    assert not any("norm" in n or n.startswith("adversarial_adapter") for n in names)
+    assert not any("norm" in n or ".adversarial_" in n for n in names)
     assert "vit.embeddings.cls_token" not in names and "vit.embeddings.position_embeddings" not in names
     trainer = make_trainer(tmp_path, model=make_model(adapter="patch_embed"))
     names = set(trainer.get_decay_parameter_names(trainer.model))
     assert {"vit.embeddings.patch_embeddings.projection.weight",
-            "adversarial_adapter.embeddings_patch_embeddings_projection_weight"} <= names
-    assert "adversarial_adapter.embeddings_patch_embeddings_projection_bias" not in names
+            "vit.embeddings.patch_embeddings.projection.adversarial_weight"} <= names
+    assert "vit.embeddings.patch_embeddings.projection.adversarial_bias" not in names
 
 
 def test_gradient_accumulation_matches_doubled_batch(tmp_path):

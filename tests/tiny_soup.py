@@ -16,7 +16,7 @@ def make_soup_model(seed=0, **overrides) -> AdvSoupViTForImageClassification:
     torch.manual_seed(seed)
     model = AdvSoupViTForImageClassification(AdvSoupViTConfig(**{**TINY, **overrides})).eval()
     with torch.no_grad():
-        for param in model.adversarial_adapter.values():
+        for param in model.adversarial_adapter_parameters().values():
             param.add_(torch.randn_like(param) * 0.5)
     return model
 
