@@ -143,7 +143,7 @@ class CoTrainingArguments(TrainingArguments):
         metadata={
             "help": "Catastrophic overfitting is reported when robust accuracy falls below this fraction of the best "
             "robust accuracy seen so far (unitless, in (0, 1)); e.g. 0.5 = it halved. Paper (Figure 6, 10): "
-            "one-step attacks with large steps and the fully shared model collapse to ~0%."
+            "one-step attacks with large steps and the fully shared model collapse to ~0%%."
         },
     )
     catastrophic_overfitting_min_best: float = field(
