@@ -192,6 +192,24 @@ class CoTrainingArguments(TrainingArguments):
             "it makes no difference after ~100k steps."
         },
     )
+    # ------------------------------------------------------------------ the output folder
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue a run: a checkpoint folder (<output_dir>/checkpoint-N), or 'latest' (also 'true', "
+            "True) for the last complete checkpoint in --output_dir. The resumed run repeats the uninterrupted one "
+            "exactly (see docs/cotraining.md)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Let scripts/cotrain.py start a new run in an --output_dir that is not empty: the new run's "
+            "files replace the old ones and the old checkpoint-N folders are deleted once training has started "
+            "(a start that fails changes nothing). Without it such a folder is refused, unless "
+            "--resume_from_checkpoint continues the run in it."
+        },
+    )
     # ------------------------------------------------------------------ paper defaults of TrainingArguments fields
     adam_beta2: float = field(
         default=0.95, metadata={"help": "AdamW second-moment decay (unitless). Paper: 0.95 (betas 0.9, 0.95)."}
