@@ -342,7 +342,7 @@ class TransformEpochCallback(TrainerCallback):
             return
         # state.epoch is epochs done plus the fraction of the current one (a resumed run restores it); the epoch
         # that begins is its integer part (+1e-6 guards a sum of fractions that lands just below an integer).
-        epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
+        epoch = math.floor((state.epoch or 0.0) + 1e-6)
         seed = args.data_seed if args.data_seed is not None else args.seed
         self._transform.set_epoch(epoch, seed)
 
@@ -791,9 +791,10 @@ class CoTrainer(Trainer):
                 self._load_from_checkpoint(good)
         return output
 
+
 __all__ = [
-    "CoTrainer",
     "CatastrophicOverfittingCallback",
+    "CoTrainer",
     "CorruptCheckpointError",
     "EMACallback",
     "NonFiniteLossError",

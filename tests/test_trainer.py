@@ -382,7 +382,8 @@ def test_needs_normalization_and_cotraining_arguments(tmp_path):
 # ------------------------------------------------------------------------------------------------------ exact resume
 def image_dataset(n=28, size=12, seed=0):
     """PIL images (larger than the model's 8 px, so random resized crops have room) in an ``Image`` column."""
-    from datasets import ClassLabel, Features, Image as ImageFeature
+    from datasets import ClassLabel, Features
+    from datasets import Image as ImageFeature
     from PIL import Image
 
     rng = np.random.default_rng(seed)

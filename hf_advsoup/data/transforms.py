@@ -114,7 +114,7 @@ class ImageClassificationTransform:
         digest = hashlib.blake2b(f"{self.seed},{self.epoch},".encode(), digest_size=8)
         if isinstance(value, dict) and value.get("bytes") is not None:
             digest.update(value["bytes"])
-        elif isinstance(value, dict) or isinstance(value, (str, os.PathLike)):
+        elif isinstance(value, (dict, str, os.PathLike)):
             digest.update(os.fsencode(value["path"] if isinstance(value, dict) else value))
         else:  # a decoded PIL image
             digest.update(f"{value.mode}{value.size}".encode())
