@@ -383,9 +383,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     labels = dataset["train"].features["label"]
     id2label = {i: name for i, name in enumerate(labels.names)}
     preset = find_preset(data_args.dataset_name)  # a preset name or a preset's Hub id
-    image_size = model_args.image_size or (preset.image_size if preset is not None else 224)
-    processor = build_image_processor(model_args, image_size)
-    model = build_model(model_args, labels.num_classes, image_size, id2label)
+    # Recorded in run_args.json as the size actually trained (a checkpoint fixed it already).
+    model_args.image_size = model_args.image_size or (preset.image_size if preset is not None else 224)
+    processor = build_image_processor(model_args, model_args.image_size)
+    model = build_model(model_args, labels.num_classes, model_args.image_size, id2label)
     set_image_transforms(dataset, processor, data_args)
 
     augmenter = None
