@@ -11,7 +11,8 @@
   :func:`push_folder` uploads that folder in one commit with :meth:`huggingface_hub.HfApi.upload_folder`.
   (``model.push_to_hub`` / ``Trainer.push_to_hub`` would overwrite README.md with their own card.)
 
-Offline (``HF_HUB_OFFLINE=1``) or without a token, :func:`check_can_push` fails before anything is created or sent.
+Offline (``HF_HUB_OFFLINE=1``) or without a token, :func:`check_can_push` fails before anything is created or sent;
+without a network or with a rejected token, :func:`connect` fails before anything is written.
 """
 
 from __future__ import annotations
@@ -453,6 +454,33 @@ def check_can_push(token: str | None = None) -> str:
     return token
 
 
+def connect(token: str | None = None, api: HfApi | None = None) -> HfApi:
+    """An :class:`~huggingface_hub.HfApi` that can push: offline mode and the token are checked
+    (:func:`check_can_push`), then the Hub is asked who the token belongs to (``whoami``, one small request).
+
+    Call it before writing anything large (the staged folder holds the whole model), so that a missing network or
+    a rejected token stops the push while nothing has been written or created.
+
+    Raises:
+        HubPushError: offline mode, no token, the token rejected, or the Hub unreachable.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = check_can_push(token)
+    api = api or HfApi(token=token)
+    try:
+        user = api.whoami()
+    except HfHubHTTPError as error:
+        raise HubPushError(f"Cannot push: the Hub rejected the token ({error}). Check it with `hf auth whoami` or "
+                           "pass another one with --token. Nothing was created or uploaded.") from error
+    except Exception as error:  # a network failure of any kind: we must not start pushing
+        raise HubPushError(f"Cannot push: the Hub cannot be reached ({type(error).__name__}: {error}). Check the "
+                           "network (or use --no_push to only write the folder). Nothing was created or "
+                           "uploaded.") from error
+    logger.info("Connected to the Hub as %s.", user.get("name", "?") if isinstance(user, Mapping) else "?")
+    return api
+
+
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -464,19 +492,13 @@ def push_folder(
     api: HfApi | None = None,
 ) -> Any:
     """Upload ``folder`` to the model repo ``repo_id`` in a single commit (``HfApi.upload_folder``), creating the
-    repo (and the branch ``revision``) if needed. Checks offline mode and the token first, then the token's
-    validity (``whoami``), so a refused push creates nothing. Returns the ``CommitInfo``."""
+    repo (and the branch ``revision``) if needed. Without an ``api`` from :func:`connect`, connects first (offline
+    mode, token, ``whoami``), so a refused push creates nothing. Returns the ``CommitInfo``."""
     folder = Path(folder)
     if not (folder / "README.md").is_file() or not (folder / "config.json").is_file():
         raise HubPushError(f"{folder} is not a staged model folder (needs config.json and README.md).")
-    token = check_can_push(token)
-    api = api or HfApi(token=token)
-    try:
-        user = api.whoami()
-    except Exception as error:  # noqa: BLE001 - any failure here means we must not start pushing
-        raise HubPushError(f"Cannot push: the Hub rejected the token or cannot be reached ({error}). Nothing was "
-                           "created or uploaded.") from error
-    logger.info("Pushing %s to %s as %s", folder, repo_id, user.get("name", "?") if isinstance(user, Mapping) else "?")
+    api = api or connect(token)
+    logger.info("Pushing %s to %s", folder, repo_id)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
@@ -492,6 +514,7 @@ __all__ = [
     "PaperReference",
     "build_eval_results",
     "check_can_push",
+    "connect",
     "load_training_arguments",
     "push_folder",
     "render_model_card",

@@ -13,7 +13,13 @@ Differences from :class:`~transformers.Trainer`:
 - **Batch augmentation**: an optional ``batch_augmenter`` (:class:`hf_advsoup.augmentation.BatchAugmenter`:
   RandAugment, mixup, CutMix) runs on ``[0, 1]`` pixels before the attack, so the attack sees the augmented images.
 - **Randomness**: augmentation and attack draw from a ``torch.Generator`` seeded by ``(seed, optimizer step,
-  micro-batch, process index)``, so ``--resume_from_checkpoint`` repeats them exactly.
+  micro-batch, process index)``, and the per-image crops and flips of the training transform
+  (:class:`hf_advsoup.data.ImageClassificationTransform`) from one seeded by ``(data_seed or seed, epoch, image)``
+  (:class:`TransformEpochCallback`), so ``--resume_from_checkpoint`` repeats them exactly, also mid-epoch.
+- **Checkpoints**: ``resume_from_checkpoint`` accepts ``True``/``"true"``/``"latest"`` (the last complete
+  ``checkpoint-N`` of ``output_dir``); checkpoints and the best model of ``load_best_model_at_end`` are reloaded
+  through ``from_pretrained`` (ViT's checkpoint key conversion) with their EMA; a truncated weights file is named
+  (:class:`CorruptCheckpointError`).
 - **EMA** of the weights (:class:`WeightEMA`, ``ema_decay``): evaluation and :meth:`CoTrainer.save_model` use the EMA
   weights; checkpoints keep the raw weights (``model.safetensors``) and the EMA (``ema.safetensors``) for resuming.
 - **Monitoring**: evaluation logs ``eval_clean_accuracy`` (clean mode, ``beta=1``, whole evaluation set) and
@@ -40,6 +46,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, get_scheduler
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
@@ -57,6 +64,90 @@ BatchAugmenterFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the co-training loss is NaN or infinite (the run stops instead of skipping the batch)."""
+
+
+class CorruptCheckpointError(OSError):
+    """A weights file (``*.safetensors``) of a checkpoint cannot be read: truncated (an interrupted copy or save, a
+    full disk) or not a safetensors file."""
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+LATEST_CHECKPOINT_VALUES = ("true", "latest")
+"""``resume_from_checkpoint`` values (case-insensitive; also the boolean ``True``) meaning the last complete
+``checkpoint-N`` folder of ``output_dir``."""
+
+
+def check_weight_files(path: str | os.PathLike) -> None:
+    """Raise :class:`CorruptCheckpointError` naming the first ``*.safetensors`` file of the local folder ``path``
+    (or the file ``path``) that is truncated or corrupt. Reads only the headers (and the file sizes). A Hub id or
+    a missing path is left to the loader."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, name) for name in os.listdir(path) if name.endswith(".safetensors"))
+    else:
+        files = [path] if os.path.isfile(path) else []
+    for file in files:
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except SafetensorError as error:
+            raise CorruptCheckpointError(
+                f"{file} is truncated or corrupt ({os.path.getsize(file):,} bytes; safetensors: {error}). It was "
+                "probably cut short by an interrupted save or copy, or a full disk: copy it again, or use an earlier "
+                "checkpoint."
+            ) from error
+
+
+def _is_complete_checkpoint(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME))
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint folder ``resume_from_checkpoint`` designates, or ``None`` for a fresh start.
+
+    ``None``, ``False`` or ``"false"``/``"none"``/``""``: no resume. ``True`` or ``"true"``/``"latest"``
+    (command-line spellings): the ``checkpoint-N`` folder of ``output_dir`` with the largest ``N`` that holds
+    ``trainer_state.json`` (written last by a save; a folder without it was interrupted while saving and is
+    skipped with a warning). Anything else: a checkpoint folder, which must exist.
+
+    Raises:
+        FileNotFoundError: naming the folder, when there is no checkpoint to resume from.
+    """
+    if resume_from_checkpoint is None or resume_from_checkpoint is False:
+        return None
+    text = str(resume_from_checkpoint).strip()
+    if text.lower() in ("false", "none", ""):
+        return None
+    if resume_from_checkpoint is True or text.lower() in LATEST_CHECKPOINT_VALUES:
+        found = []
+        if os.path.isdir(output_dir):
+            for name in os.listdir(output_dir):
+                prefix, _, number = name.partition("-")
+                folder = os.path.join(output_dir, name)
+                if prefix == PREFIX_CHECKPOINT_DIR and number.isdigit() and os.path.isdir(folder):
+                    found.append((int(number), folder))
+        complete = [(step, folder) for step, folder in sorted(found) if _is_complete_checkpoint(folder)]
+        if not complete:
+            raise FileNotFoundError(
+                f"resume_from_checkpoint={text!r} means the latest checkpoint of output_dir, but {output_dir} holds no "
+                f"{PREFIX_CHECKPOINT_DIR}-N folder with a {TRAINER_STATE_NAME}"
+                + (f" (incomplete: {', '.join(os.path.basename(f) for _, f in found)})" if found else "")
+                + ". Start without --resume_from_checkpoint, or give a checkpoint folder."
+            )
+        step, folder = complete[-1]
+        skipped = [os.path.basename(f) for n, f in found if n > step]
+        if skipped:
+            logger.warning("Skipping %s (no %s: interrupted while saving).", ", ".join(skipped), TRAINER_STATE_NAME)
+        logger.info("Resuming from the latest checkpoint, %s.", folder)
+        return folder
+    if not os.path.isdir(text):
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={text!r} is not a folder. Give a checkpoint folder ({output_dir}/"
+            f"{PREFIX_CHECKPOINT_DIR}-N) or 'latest' for the last one in output_dir."
+        )
+    return text
 
 
 # ------------------------------------------------------------------------------------------------ loss (Eq. 2)
@@ -217,6 +308,45 @@ class EMACallback(TrainerCallback):
             self.ema.save(os.path.join(folder, EMA_WEIGHTS_NAME))
 
 
+def _dataset_transform(dataset) -> Callable | None:
+    """The ``set_transform`` function of a ``datasets.Dataset`` (``None`` for other datasets)."""
+    format_ = getattr(dataset, "format", None)
+    if not isinstance(format_, dict):
+        return None
+    return (format_.get("format_kwargs") or {}).get("transform")
+
+
+class TransformEpochCallback(TrainerCallback):
+    """Calls ``set_epoch(epoch, seed)`` on the training data's ``set_transform`` function (when it has one, as
+    :class:`hf_advsoup.data.ImageClassificationTransform` does) at the start of every epoch, with ``seed`` =
+    ``data_seed`` or ``seed`` (the sampler's seed): its crops and flips then depend on ``(seed, epoch, image)``
+    only, so a run resumed mid-epoch repeats them.
+
+    With ``dataloader_persistent_workers`` and ``dataloader_num_workers > 0`` the workers keep the transform of the
+    first epoch, so the epoch is not set (a warning says so) and draws stay on the workers' torch RNG.
+    """
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self._transform = _dataset_transform(getattr(train_dataloader, "dataset", None))
+        if not hasattr(self._transform, "set_epoch"):
+            self._transform = None
+        elif args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+            logger.warning(
+                "dataloader_persistent_workers keeps each worker's copy of the training transform: its crops and "
+                "flips come from the workers' torch RNG, and a run resumed mid-epoch will not repeat them."
+            )
+            self._transform = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if getattr(self, "_transform", None) is None:
+            return
+        # state.epoch is epochs done plus the fraction of the current one (a resumed run restores it); the epoch
+        # that begins is its integer part (+1e-6 guards a sum of fractions that lands just below an integer).
+        epoch = math.floor((state.epoch or 0.0) + 1e-6)
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        self._transform.set_epoch(epoch, seed)
+
+
 # ------------------------------------------------------------------------------------------------ monitoring
 class CatastrophicOverfittingCallback(TrainerCallback):
     """Watches ``eval_robust_accuracy`` for a collapse (catastrophic overfitting, Figures 6 and 10 of the paper).
@@ -359,6 +489,7 @@ class CoTrainer(Trainer):
             num_labels=getattr(self.accelerator.unwrap_model(self.model).config, "num_labels", None),
         )
         self.add_callback(self.overfitting_monitor)
+        self.add_callback(TransformEpochCallback())
         self._rng_position: tuple[int, int] | None = None
         self._loss_parts = {"clean_loss": 0.0, "adversarial_loss": 0.0}
         self._loss_counts = {"clean_loss": 0, "adversarial_loss": 0}
@@ -594,35 +725,60 @@ class CoTrainer(Trainer):
             return super().save_model(output_dir, _internal_call)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
-        has_weights = any(
-            os.path.isfile(os.path.join(resume_from_checkpoint, name))
-            for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
-        )
-        if has_weights and not self.is_fsdp_enabled and isinstance(unwrapped, PreTrainedModel):
-            # Trainer (transformers 5.24) loads the file's keys as they are, but save_pretrained writes ViT's legacy
-            # key names (vit.encoder.layer.N...): the layers would silently keep their current weights. Loading
-            # through from_pretrained applies the key conversion; strict loading then catches any gap.
-            logger.info("Loading model weights from %s (with checkpoint key conversion).", resume_from_checkpoint)
-            reloaded = type(unwrapped).from_pretrained(resume_from_checkpoint, dtype=unwrapped.dtype)
-            unwrapped.load_state_dict(reloaded.state_dict(), strict=True)
-            del reloaded
-        else:
+        """Resume: the checkpoint's weights (with the key conversion, see :meth:`_load_checkpoint_weights`) and
+        its EMA."""
+        if not self._load_checkpoint_weights(resume_from_checkpoint, model):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_checkpoint_ema(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the best checkpoint's weights (with the key conversion) and its EMA, so that
+        :meth:`save_model` saves the best model's EMA weights."""
+        best = self.state.best_model_checkpoint
+        logger.info("Loading the best model from %s (score: %s).", best, self.state.best_metric)
+        if not self._load_checkpoint_weights(best):
+            super()._load_best_model()
+        self._load_checkpoint_ema(best)
+
+    def _load_checkpoint_weights(self, folder: str, model: nn.Module | None = None) -> bool:
+        """Load ``folder``'s ``model.safetensors`` (or sharded index) into the model through ``from_pretrained``;
+        return False where Trainer's own loader must do it (FSDP, other weight formats, non-transformers models).
+
+        Trainer (transformers 5.24) loads the file's keys as they are, but ``save_pretrained`` writes ViT's legacy
+        key names (``vit.encoder.layer.N...``): the layers would silently keep their current weights.
+        ``from_pretrained`` applies the key conversion; strict loading then catches any gap.
+        """
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        has_weights = any(os.path.isfile(os.path.join(folder, name))
+                          for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
+        check_weight_files(folder)
+        if not has_weights or self.is_fsdp_enabled or not isinstance(unwrapped, PreTrainedModel):
+            return False
+        logger.info("Loading model weights from %s (with checkpoint key conversion).", folder)
+        reloaded = type(unwrapped).from_pretrained(folder, dtype=unwrapped.dtype)
+        unwrapped.load_state_dict(reloaded.state_dict(), strict=True)
+        del reloaded
+        return True
+
+    def _load_checkpoint_ema(self, folder: str) -> None:
         if self.ema is None:
             return
-        path = os.path.join(resume_from_checkpoint, EMA_WEIGHTS_NAME)
+        path = os.path.join(folder, EMA_WEIGHTS_NAME)
         if os.path.isfile(path):
             self.ema.load(path, self.accelerator.unwrap_model(self.model))
         else:
-            logger.warning("%s has no %s: the EMA restarts from the checkpoint's weights.", resume_from_checkpoint,
-                           EMA_WEIGHTS_NAME)
+            logger.warning("%s has no %s: the EMA restarts from the checkpoint's weights.", folder, EMA_WEIGHTS_NAME)
             self.ema.shadow = {}
 
-    def train(self, *args, **kwargs):
-        """:meth:`~transformers.Trainer.train`; after a stop for catastrophic overfitting, the weights (and EMA) of
-        the last good checkpoint are restored, so :meth:`save_model` saves them."""
-        output = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
+              **kwargs):
+        """:meth:`~transformers.Trainer.train`, with ``resume_from_checkpoint`` resolved by
+        :func:`resolve_checkpoint` (``True``/``"true"``/``"latest"``: the last checkpoint of ``output_dir``); after a
+        stop for catastrophic overfitting, the weights (and EMA) of the last good checkpoint are restored, so
+        :meth:`save_model` saves them."""
+        checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        output = super().train(resume_from_checkpoint=checkpoint, trial=trial,
+                               ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         monitor = self.overfitting_monitor
         if monitor.collapsed and monitor.stop:
             good = monitor.last_good_checkpoint
@@ -637,13 +793,17 @@ class CoTrainer(Trainer):
 
 
 __all__ = [
-    "CoTrainer",
     "CatastrophicOverfittingCallback",
+    "CoTrainer",
+    "CorruptCheckpointError",
     "EMACallback",
     "NonFiniteLossError",
+    "TransformEpochCallback",
     "WeightEMA",
+    "check_weight_files",
     "compute_accuracy",
     "hard_labels",
+    "resolve_checkpoint",
     "smoothed_targets",
     "soft_cross_entropy",
     "step_generator",

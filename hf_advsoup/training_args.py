@@ -143,7 +143,7 @@ class CoTrainingArguments(TrainingArguments):
         metadata={
             "help": "Catastrophic overfitting is reported when robust accuracy falls below this fraction of the best "
             "robust accuracy seen so far (unitless, in (0, 1)); e.g. 0.5 = it halved. Paper (Figure 6, 10): "
-            "one-step attacks with large steps and the fully shared model collapse to ~0%."
+            "one-step attacks with large steps and the fully shared model collapse to ~0%%."
         },
     )
     catastrophic_overfitting_min_best: float = field(
@@ -190,6 +190,24 @@ class CoTrainingArguments(TrainingArguments):
             "help": "Use decay min(ema_decay, (1 + n) / (10 + n)) at update n, so that short runs get a useful "
             "average (with 0.9999 the EMA needs ~10k steps to forget its initialisation). The paper does not say; "
             "it makes no difference after ~100k steps."
+        },
+    )
+    # ------------------------------------------------------------------ the output folder
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue a run: a checkpoint folder (<output_dir>/checkpoint-N), or 'latest' (also 'true', "
+            "True) for the last complete checkpoint in --output_dir. The resumed run repeats the uninterrupted one "
+            "exactly (see docs/cotraining.md)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Let scripts/cotrain.py start a new run in an --output_dir that is not empty: the new run's "
+            "files replace the old ones and the old checkpoint-N folders are deleted once training has started "
+            "(a start that fails changes nothing). Without it such a folder is refused, unless "
+            "--resume_from_checkpoint continues the run in it."
         },
     )
     # ------------------------------------------------------------------ paper defaults of TrainingArguments fields

@@ -279,6 +279,9 @@ def load_source_model(
     Extra ``kwargs`` go to ``from_pretrained`` (e.g. ``dtype``). The source keeps its own head here; see
     :func:`replace_head`.
     """
+    from .trainer import check_weight_files  # imported where used, like CoTrainer in run_transfer
+
+    check_weight_files(model_name_or_path)  # a truncated weights file is named, not "incomplete metadata"
     model = AdvSoupViTForImageClassification.from_pretrained(model_name_or_path, revision=revision, **kwargs)
     baked = bake_soup(model, beta)
     baked.config.name_or_path = model.config.name_or_path

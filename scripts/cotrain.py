@@ -22,6 +22,12 @@ Arguments come from four dataclasses parsed by :class:`~transformers.HfArgumentP
 The saved model (EMA weights, image processor, remote code) loads with
 ``AutoModelForImageClassification.from_pretrained(output_dir, beta=0.5)`` and works in
 ``pipeline("image-classification", model=output_dir)``.
+
+``--output_dir`` is required. A folder that is not empty is refused unless ``--resume_from_checkpoint`` continues
+the run in it (a checkpoint folder, or ``latest``) or ``--overwrite_output_dir`` replaces it; nothing is written
+there (``run_args.json`` included) until training has started. With ``--model_name_or_path`` set to a model of
+this library, the checkpoint's architecture (adapter, pooling, stochastic depth, shape) is kept unless a model flag
+is given on the command line (then the change is logged); recipe values and built-in defaults do not override it.
 """
 
 from __future__ import annotations
@@ -29,18 +35,34 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import transformers
-from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, ViTImageProcessorPil, set_seed
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    HfArgumentParser,
+    TrainerCallback,
+    ViTImageProcessorPil,
+    set_seed,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
 from hf_advsoup.augmentation import AugmentationArguments, BatchAugmenter
 from hf_advsoup.configuration_advsoup import ADAPTER_TYPES, POOLING_TYPES
-from hf_advsoup.data import DataArguments, collate_fn, find_preset, load_image_dataset, set_image_transforms
-from hf_advsoup.trainer import CoTrainer
+from hf_advsoup.data import (
+    DataArguments,
+    collate_fn,
+    find_preset,
+    load_image_dataset,
+    set_image_transforms,
+)
+from hf_advsoup.trainer import CoTrainer, check_weight_files, resolve_checkpoint
 from hf_advsoup.training_args import CoTrainingArguments
 
 logger = logging.getLogger("cotrain")
@@ -58,7 +80,10 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Initialise from a checkpoint (a vanilla ViT such as google/vit-base-patch16-224-in21k, or one of "
-            "ours); the adversarial adapter starts as a copy of the clean one. Default: random initialisation."
+            "ours). Its shape is kept (shape flags are ignored); a model of this library also keeps its adapter, "
+            "pooling and drop_path_rate unless --adapter/--pooling/--drop_path_rate is given on the command line. "
+            "From a vanilla ViT the adversarial adapter starts as a copy of the clean one. Default: random "
+            "initialisation."
         },
     )
     adapter: str = field(
@@ -90,6 +115,19 @@ class ModelArguments:
     )
     image_mean: float = field(default=0.5, metadata={"help": "Normalization mean (all channels), fresh models only."})
     image_std: float = field(default=0.5, metadata={"help": "Normalization std (all channels), fresh models only."})
+    set_on_command_line: tuple[str, ...] = field(
+        default=(),
+        init=False,
+        metadata={"help": "The architecture flags given on the command line (filled by parse_arguments): only "
+                  "these may change the architecture of a --model_name_or_path checkpoint."},
+    )
+
+
+CHANGEABLE_FLAGS = ("adapter", "pooling", "drop_path_rate")
+"""Architecture flags that a command-line value may change on a checkpoint of this library."""
+SHAPE_FLAGS = ("image_size", "patch_size", "patch_stride", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size")
+"""Architecture flags fixed by a checkpoint's weights: always taken from the checkpoint."""
 
 
 #: Defaults of a run without a recipe file: the tiny CPU co-training on the embedded digits (equal to
@@ -157,8 +195,24 @@ def parse_arguments(argv: list[str] | None = None):
     else:
         defaults = EMBEDDED_DEFAULTS
     parser.set_defaults(**defaults)
-    # output_dir is required by the dataclass only when nothing gives it.
-    return parser.parse_args_into_dataclasses(args=argv)
+    if defaults.get("output_dir") is None:
+        # TrainingArguments would quietly write into ./trainer_output.
+        action = next(action for action in parser._actions if action.dest == "output_dir")
+        action.required = True
+        action.help = "Where the run writes its model, checkpoints and run_args.json (required: here or in the recipe)."
+    groups = parser.parse_args_into_dataclasses(args=argv)
+    groups[0].set_on_command_line = _given_on_command_line(argv, CHANGEABLE_FLAGS + SHAPE_FLAGS)
+    return groups
+
+
+def _given_on_command_line(argv: list[str], names: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``names`` whose flag appears in ``argv`` (abbreviations included), found by parsing ``argv`` again with
+    a marker as every default."""
+    marker = object()
+    parser = build_parser()
+    parser.set_defaults(**{name: marker for name in names})
+    namespace, _ = parser.parse_known_args(argv)
+    return tuple(name for name in names if getattr(namespace, name) is not marker)
 
 
 def build_image_processor(model_args: ModelArguments, image_size: int):
@@ -180,26 +234,66 @@ def build_image_processor(model_args: ModelArguments, image_size: int):
     )
 
 
+def keep_checkpoint_architecture(model_args: ModelArguments) -> None:
+    """With ``--model_name_or_path``, set ``model_args`` to the architecture that will be trained (in place).
+
+    The shape (:data:`SHAPE_FLAGS`) always comes from the checkpoint (its weights fix it); a different value given
+    on the command line is reported as ignored. For a checkpoint of this library, ``adapter``, ``pooling`` and
+    ``drop_path_rate`` also come from the checkpoint unless given on the command line, in which case the change is
+    logged; recipe values and built-in defaults never change them. A vanilla ViT checkpoint has none of the three:
+    they come from the flags (recipe or defaults included).
+    """
+    path = model_args.model_name_or_path
+    if path is None:
+        return
+    config = AutoConfig.from_pretrained(path)
+    given = set(model_args.set_on_command_line)
+    ignored = []
+    for name in SHAPE_FLAGS:
+        value = getattr(config, name, None)
+        requested = getattr(model_args, name)
+        if name == "patch_stride":  # None means "equal to patch_size"
+            same = (requested or config.patch_size) == (value or config.patch_size)
+        else:
+            same = requested == value
+        if name in given and not same:
+            ignored.append(f"--{name} {requested}")
+        setattr(model_args, name, value)
+    if ignored:
+        logger.warning("The architecture comes from %s; ignoring %s.", path, ", ".join(ignored))
+    if config.model_type != AdvSoupViTConfig.model_type:
+        return
+    for name in CHANGEABLE_FLAGS:
+        value, requested = getattr(config, name), getattr(model_args, name)
+        if requested == value:
+            continue
+        if name in given:
+            consequence = (
+                " Its adversarial adapter weights are not used: the new adversarial adapter starts as a copy of the "
+                "clean one." if name == "adapter" else ""
+            )
+            logger.warning("--%s %s changes the checkpoint %s (%s: %s -> %s).%s", name, requested, path, name, value,
+                           requested, consequence)
+        else:
+            logger.info("Keeping the checkpoint's %s=%s (not the recipe/default %s; give --%s to change it).", name,
+                        value, requested, name)
+            setattr(model_args, name, value)
+
+
 def build_model(model_args: ModelArguments, num_labels: int, image_size: int, id2label: dict[int, str]):
+    """A fresh model from ``model_args``, or the ``--model_name_or_path`` checkpoint with ``adapter``, ``pooling``,
+    ``drop_path_rate`` as in ``model_args`` (see :func:`keep_checkpoint_architecture`) and a new head when the label
+    count differs."""
     label2id = {name: i for i, name in id2label.items()}
     common = dict(
         num_labels=num_labels, id2label=id2label, label2id=label2id, adapter=model_args.adapter,
         pooling=model_args.pooling, drop_path_rate=model_args.drop_path_rate,
     )
     if model_args.model_name_or_path is not None:
-        model = AdvSoupViTForImageClassification.from_pretrained(
+        check_weight_files(model_args.model_name_or_path)
+        return AdvSoupViTForImageClassification.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=True, **common
         )
-        shape_flags = ("patch_size", "patch_stride", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                       "intermediate_size")
-        defaults = {f.name: f.default for f in fields(ModelArguments)}
-        ignored = [name for name in shape_flags
-                   if getattr(model_args, name) != defaults[name]
-                   and getattr(model_args, name) != getattr(model.config, name, None)]
-        if ignored:
-            logger.warning("The architecture comes from %s; ignoring %s.", model_args.model_name_or_path,
-                           ", ".join(f"--{name} {getattr(model_args, name)}" for name in ignored))
-        return model
     config = AdvSoupViTConfig(
         image_size=image_size, patch_size=model_args.patch_size, patch_stride=model_args.patch_stride,
         hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_hidden_layers,
@@ -207,6 +301,55 @@ def build_model(model_args: ModelArguments, num_labels: int, image_size: int, id
         **common,
     )
     return AdvSoupViTForImageClassification(config)
+
+
+def check_output_dir(training_args: CoTrainingArguments, resuming: bool) -> list[str]:
+    """Refuse an ``--output_dir`` that is not empty (hidden files aside), unless the run resumes or
+    ``--overwrite_output_dir`` is set; return the previous run's ``checkpoint-N`` folders that an overwrite must
+    delete once training has started (left in place, checkpoint rotation and ``--resume_from_checkpoint latest``
+    would mix them with the new run's).
+
+    Raises:
+        FileExistsError: naming the folder, what it holds, and the flags that allow it.
+    """
+    folder = training_args.output_dir
+    entries = sorted(name for name in os.listdir(folder) if not name.startswith(".")) if os.path.isdir(folder) else []
+    if not entries or resuming:
+        return []
+    checkpoints = [os.path.join(folder, name) for name in entries
+                   if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name) and os.path.isdir(os.path.join(folder, name))]
+    if training_args.overwrite_output_dir:
+        logger.warning("--overwrite_output_dir: %s holds %d entries; the new run replaces them and deletes %d "
+                       "checkpoint folder(s) once training starts.", folder, len(entries), len(checkpoints))
+        return checkpoints
+    run_files = [name for name in ("run_args.json", "config.json", "model.safetensors", "trainer_state.json")
+                 if name in entries] + [os.path.basename(path) for path in checkpoints]
+    shown = run_files or entries
+    what = (f"{'another run' if run_files else 'other files'}: {', '.join(shown[:8])}"
+            f"{', ...' if len(shown) > 8 else ''} ({len(entries)} entries in all)")
+    raise FileExistsError(
+        f"--output_dir {folder} is not empty: it holds {what}. "
+        "Nothing was changed. Pass --overwrite_output_dir to replace it with a new run, --resume_from_checkpoint "
+        "latest (or a checkpoint folder) to continue the run in it, or choose another --output_dir."
+    )
+
+
+class RunStartCallback(TrainerCallback):
+    """At the start of training (the model, the data, the trainer and any resumed checkpoint loaded), deletes the
+    previous run's checkpoints (``--overwrite_output_dir``) and writes ``run_args.json``: a start that fails leaves
+    ``--output_dir`` as it was."""
+
+    def __init__(self, groups: tuple, stale_checkpoints: list[str]):
+        self.groups = groups
+        self.stale_checkpoints = stale_checkpoints
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        for folder in self.stale_checkpoints:
+            logger.info("Deleting %s of the previous run (--overwrite_output_dir).", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        save_run_arguments(args.output_dir, *self.groups)
 
 
 def save_run_arguments(output_dir: str, *groups) -> str:
@@ -230,19 +373,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
     )
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    # Fail before loading anything: a bad checkpoint value, an occupied output folder.
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    stale_checkpoints = check_output_dir(training_args, resuming=checkpoint is not None)
+    keep_checkpoint_architecture(model_args)
     set_seed(training_args.seed)
 
     dataset = load_image_dataset(data_args)
     labels = dataset["train"].features["label"]
     id2label = {i: name for i, name in enumerate(labels.names)}
     preset = find_preset(data_args.dataset_name)  # a preset name or a preset's Hub id
-    if model_args.model_name_or_path is not None and model_args.image_size is None:
-        # A checkpoint's positional embedding fixes its input size.
-        image_size = AutoConfig.from_pretrained(model_args.model_name_or_path).image_size
-    else:
-        image_size = model_args.image_size or (preset.image_size if preset is not None else 224)
-    processor = build_image_processor(model_args, image_size)
-    model = build_model(model_args, labels.num_classes, image_size, id2label)
+    # Recorded in run_args.json as the size actually trained (a checkpoint fixed it already).
+    model_args.image_size = model_args.image_size or (preset.image_size if preset is not None else 224)
+    processor = build_image_processor(model_args, model_args.image_size)
+    model = build_model(model_args, labels.num_classes, model_args.image_size, id2label)
     set_image_transforms(dataset, processor, data_args)
 
     augmenter = None
@@ -262,10 +406,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=collate_fn,
         processing_class=processor,
         batch_augmenter=augmenter,
+        callbacks=[RunStartCallback((model_args, data_args, aug_args, training_args), stale_checkpoints)],
     )
-    if trainer.is_world_process_zero():
-        save_run_arguments(training_args.output_dir, model_args, data_args, aug_args, training_args)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()  # EMA weights + image processor + remote code
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)

@@ -15,34 +15,41 @@ Launch::
     python scripts/push_to_hub.py --card_only --card_spec model_cards/imagenet-vit-b16.yaml
 
 The upload is one commit of the whole folder (``HfApi.upload_folder``), so the card written here is kept
-(``model.push_to_hub`` would overwrite README.md). Offline (``HF_HUB_OFFLINE=1``) or without a token the script
-stops before writing or creating anything, with a message saying what to do.
+(``model.push_to_hub`` would overwrite README.md). Offline (``HF_HUB_OFFLINE=1``), without a token, with a rejected
+token or without a network the script stops before writing or creating anything, with a message saying what to do.
+Without ``--output_dir`` the folder is staged in a temporary folder, deleted after the upload (or its failure).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+)
 
 from hf_advsoup.hub import (
     PAPER_REFERENCES,
     CardInputs,
     DatasetInfo,
     HubPushError,
-    check_can_push,
+    connect,
     load_training_arguments,
     push_folder,
     render_model_card,
     stage_for_hub,
 )
 from hf_advsoup.soups import SoupEvaluation
+from hf_advsoup.trainer import check_weight_files
 
 logger = logging.getLogger("push_to_hub")
 
@@ -64,7 +71,8 @@ class PushArguments:
         metadata={"help": "Output folder of scripts/evaluate_soups.py (soup_results.json and PNG plots)."},
     )
     output_dir: str | None = field(
-        default=None, metadata={"help": "Staging folder (must be empty or new). Default: a fresh temporary folder."}
+        default=None, metadata={"help": "Staging folder (must be empty or new), kept. Default: a temporary folder, deleted "
+                  "after the upload or its failure (kept and printed with --no_push)."}
     )
     private: bool = field(default=False, metadata={"help": "Create the repo as private."})
     revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
@@ -178,6 +186,8 @@ def _display_path(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> Path:
+    """Stage (and unless ``--no_push``, upload) the model folder; return the staged folder (a temporary one is
+    already deleted after an upload), or the card's path with ``--card_only``."""
     parser = HfArgumentParser(PushArguments)
     (args,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -194,18 +204,41 @@ def main(argv: list[str] | None = None) -> Path:
 
     if args.model_name_or_path is None or args.repo_id is None:
         raise SystemExit("--model_name_or_path and --repo_id are required (or use --card_only).")
-    token = None
+    temporary = args.output_dir is None
+    if not temporary and Path(args.output_dir).exists() and any(Path(args.output_dir).iterdir()):
+        raise SystemExit(f"--output_dir {args.output_dir} is not empty: the whole folder is uploaded, so give a new "
+                         "or empty one.")
+    api = None
     if not args.no_push:
-        # Before anything is written or created: offline mode or a missing token stops here.
+        # Before anything is written or created: offline mode, a missing or rejected token, or no network stop here
+        # (the staged folder holds the whole model).
         try:
-            token = check_can_push(args.token)
+            api = connect(args.token)
         except HubPushError as error:
             raise SystemExit(f"error: {error}") from error
-    folder = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="advsoup_hub_"))
-    if folder.exists() and any(folder.iterdir()):
-        raise SystemExit(f"--output_dir {folder} is not empty: the whole folder is uploaded, so give a new or empty "
-                         "one.")
+    folder = Path(tempfile.mkdtemp(prefix="advsoup_hub_")) if temporary else Path(args.output_dir)
+    keep = not temporary
+    try:
+        stage(args, spec, folder)
+        if args.no_push:
+            keep = True  # the staged folder is the result
+            print(folder)
+            return folder
+        try:
+            commit = push_folder(folder, args.repo_id, private=args.private, revision=args.revision,
+                                 commit_message=args.commit_message, api=api)
+        except HubPushError as error:
+            raise SystemExit(f"error: {error}") from error
+        print(getattr(commit, "commit_url", commit))
+        return folder
+    finally:
+        if not keep:  # a temporary folder holds a copy of the model: never leave it behind
+            shutil.rmtree(folder, ignore_errors=True)
 
+
+def stage(args: PushArguments, spec: dict, folder: Path) -> None:
+    """Save the model, its image processor, the card, plots and results into ``folder``."""
+    check_weight_files(args.model_name_or_path)  # a truncated weights file is named, not "incomplete metadata"
     model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path)
     try:
         processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
@@ -217,16 +250,6 @@ def main(argv: list[str] | None = None) -> Path:
     stage_for_hub(folder, model=model, card=card, image_processor=processor, extra_files=extra_files,
                   training_arguments=training_arguments)
     logger.info("Staged %s: %s", folder, sorted(p.name for p in folder.iterdir()))
-    if args.no_push:
-        print(folder)
-        return folder
-    try:
-        commit = push_folder(folder, args.repo_id, token=token, private=args.private, revision=args.revision,
-                             commit_message=args.commit_message)
-    except HubPushError as error:
-        raise SystemExit(f"error: {error}") from error
-    print(getattr(commit, "commit_url", commit))
-    return folder
 
 
 if __name__ == "__main__":

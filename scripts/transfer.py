@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None):
     if unknown:
         raise ValueError(f"Unknown configuration keys {unknown}; see `python scripts/transfer.py --help`.")
     parser.set_defaults(**values)
+    if values.get("output_dir") is None:
+        # TrainingArguments would quietly write into ./trainer_output.
+        action = next(action for action in parser._actions if action.dest == "output_dir")
+        action.required = True
+        action.help = "Where the transfer (or the sweep's runs and table) is written (required: here or in the YAML)."
     return parser.parse_args_into_dataclasses(args=argv)
 
 

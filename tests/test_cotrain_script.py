@@ -120,3 +120,103 @@ def test_starts_from_a_vanilla_vit_checkpoint_with_its_image_size(tmp_path, capl
     model = AutoModelForImageClassification.from_pretrained(tmp_path / "out")
     assert model.config.image_size == 12 and model.config.num_labels == 10 and model.config.patch_size == 4
     assert "ignoring --patch_size 2" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------------ output folder
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_output_dir_of_another_run_is_refused_resumed_or_overwritten(tmp_path):
+    out = tmp_path / "run"
+    cotrain.main(["--output_dir", str(out), *TINY, "--save_strategy", "steps", "--save_steps", "3"])
+    before = _files(out)
+    assert "run_args.json" in before and "checkpoint-3/model.safetensors" in before
+
+    # A new run in the same folder is refused, naming what is there and the two ways out.
+    with pytest.raises(FileExistsError, match=r"holds another run: run_args\.json, config\.json, "
+                       r"model\.safetensors, trainer_state\.json, checkpoint-3 \(12 entries in all\)"
+                       r".*--overwrite_output_dir.*--resume_from_checkpoint"):
+        cotrain.main(["--output_dir", str(out), *TINY, "--alpha", "1"])
+    # A relaunch that fails at the start (the checkpoint does not fit --hidden_size 32) changes nothing either.
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        cotrain.main(["--output_dir", str(out), *TINY, "--hidden_size", "32", "--resume_from_checkpoint", "latest"])
+    assert _files(out) == before
+
+    # --resume_from_checkpoint True (the documented spelling of "the latest checkpoint") continues the run.
+    cotrain.main(["--output_dir", str(out), *TINY, "--resume_from_checkpoint", "True", "--max_steps", "4"])
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+    # --overwrite_output_dir replaces the run, the old checkpoints included.
+    cotrain.main(["--output_dir", str(out), *TINY, "--alpha", "1", "--overwrite_output_dir"])
+    assert json.loads((out / "run_args.json").read_text())["training_args"]["alpha"] == 1.0
+    assert not (out / "checkpoint-3").exists()
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"holds no checkpoint-N folder.*Start without"):
+        cotrain.main(["--output_dir", str(tmp_path / "new"), *TINY, "--resume_from_checkpoint", "latest"])
+    assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------------------------------------ checkpoints
+def _library_checkpoint(path: Path) -> Path:
+    """A trained-looking checkpoint of this library that differs from every command-line default: layer-norm
+    adapters (with distinct adversarial copies), classification-token pooling, stochastic depth 0.1."""
+    from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
+
+    torch.manual_seed(0)
+    config = AdvSoupViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                              image_size=8, patch_size=4, num_labels=10, adapter="layernorm", pooling="cls",
+                              drop_path_rate=0.1, id2label={i: str(i) for i in range(10)})
+    model = AdvSoupViTForImageClassification(config)
+    with torch.no_grad():
+        for param in model.adversarial_adapter.values():
+            param.add_(torch.randn_like(param) * 0.3)
+    model.save_pretrained(path)
+    return path
+
+
+def test_checkpoint_of_this_library_keeps_its_architecture(tmp_path, caplog):
+    from hf_advsoup import AdvSoupViTForImageClassification
+
+    ckpt = _library_checkpoint(tmp_path / "ckpt")
+    # Built as main() builds it: the checkpoint's weights and logits, unchanged (before, the command-line defaults
+    # made it a cls_token / mean-pooling / drop-path-0 model that dropped the trained adversarial adapters).
+    model_args = cotrain.parse_arguments(["--output_dir", str(tmp_path / "x"), "--model_name_or_path", str(ckpt)])[0]
+    cotrain.keep_checkpoint_architecture(model_args)
+    model = cotrain.build_model(model_args, 10, model_args.image_size, {i: str(i) for i in range(10)}).eval()
+    reference = AdvSoupViTForImageClassification.from_pretrained(ckpt).eval()
+    assert (model.config.adapter, model.config.pooling, model.config.drop_path_rate) == ("layernorm", "cls", 0.1)
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for beta in (0.0, 0.5, 1.0):
+        torch.testing.assert_close(model(x, beta=beta).logits, reference(x, beta=beta).logits, rtol=0, atol=0)
+    # A recipe's values (here digits_tiny.yaml: cls_token, mean, 0.0) do not override the checkpoint either.
+    recipe_args = cotrain.parse_arguments([str(ROOT / "scripts" / "configs" / "digits_tiny.yaml"), "--output_dir",
+                                           str(tmp_path / "x"), "--model_name_or_path", str(ckpt)])[0]
+    cotrain.keep_checkpoint_architecture(recipe_args)
+    assert (recipe_args.adapter, recipe_args.pooling, recipe_args.drop_path_rate) == ("layernorm", "cls", 0.1)
+
+    # Through main(): the saved model and run_args.json keep it; an explicit flag changes it, and says so.
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="cotrain"):
+        cotrain.main(["--output_dir", str(out), "--model_name_or_path", str(ckpt), *TINY, "--pooling", "mean"])
+    saved = AutoModelForImageClassification.from_pretrained(out)
+    assert (saved.config.adapter, saved.config.pooling, saved.config.drop_path_rate) == ("layernorm", "mean", 0.1)
+    assert "--pooling mean changes the checkpoint" in caplog.text and "pooling: cls -> mean" in caplog.text
+    recorded = json.loads((out / "run_args.json").read_text())["model_args"]
+    assert (recorded["adapter"], recorded["pooling"], recorded["drop_path_rate"]) == ("layernorm", "mean", 0.1)
+    assert recorded["set_on_command_line"] == ["pooling", "image_size", "patch_size", "hidden_size",
+                                               "num_hidden_layers", "num_attention_heads", "intermediate_size"]
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path):
+    from hf_advsoup.trainer import CorruptCheckpointError
+
+    ckpt = _library_checkpoint(tmp_path / "ckpt")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CorruptCheckpointError, match=r"ckpt/model\.safetensors is truncated or corrupt"):
+        cotrain.main(["--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(ckpt), *TINY])
+    assert not (tmp_path / "out" / "run_args.json").exists()

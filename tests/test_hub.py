@@ -158,7 +158,11 @@ class FakeApi:
     def whoami(self):
         FakeApi.calls.append(("whoami",))
         if FakeApi.fail_whoami:
-            raise OSError("401 Unauthorized")
+            import httpx2
+            from huggingface_hub.errors import HfHubHTTPError
+
+            request = httpx2.Request("GET", "https://huggingface.co/api/whoami-v2")
+            raise HfHubHTTPError("401 Unauthorized", response=httpx2.Response(401, request=request))
         return {"name": "someone"}
 
     def create_repo(self, repo_id, **kwargs):
@@ -278,3 +282,55 @@ def test_check_can_push_and_stage_keep_the_card(tmp_path, monkeypatch):
     card = render_model_card(inputs(), make_result(), model.config)
     stage_for_hub(tmp_path / "f", model=model, card=card)
     assert (tmp_path / "f" / "README.md").read_text() == str(card)
+
+
+def test_push_without_network_stops_before_staging_and_leaves_no_temporary_folder(checkpoint, push_script,
+                                                                                  monkeypatch, tmp_path):
+    """A real HfApi whose endpoint refuses connections (no network): nothing is staged, no temporary copy of the
+    model is left behind."""
+    import functools
+
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(hub, "HfApi", functools.partial(HfApi, endpoint="http://127.0.0.1:9"))
+    monkeypatch.setattr(hub, "_offline", lambda: False)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(push_script.tempfile, "tempdir", str(temp))
+    staged = []
+    monkeypatch.setattr(push_script, "stage_for_hub", lambda folder, **kwargs: staged.append(folder))
+    with pytest.raises(SystemExit, match="the Hub cannot be reached.*Check the network"):
+        push_script.main(["--model_name_or_path", str(checkpoint / "ckpt"), "--repo_id", "someone/x",
+                          "--token", "hf_fake"])
+    assert staged == [] and list(temp.iterdir()) == []
+
+
+def test_push_cleans_up_its_temporary_folder_after_upload_or_failure(checkpoint, fake_hub, push_script,
+                                                                     monkeypatch, tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(push_script.tempfile, "tempdir", str(temp))
+    argv = ["--model_name_or_path", str(checkpoint / "ckpt"), "--repo_id", "someone/x", "--token", "hf_fake"]
+    push_script.main(argv)
+    assert [c[0] for c in fake_hub.calls][-1] == "upload_folder" and list(temp.iterdir()) == []
+
+    def broken_upload(self, **kwargs):
+        raise ConnectionError("connection reset during upload")
+
+    monkeypatch.setattr(FakeApi, "upload_folder", broken_upload)
+    with pytest.raises(ConnectionError):
+        push_script.main(argv)
+    assert list(temp.iterdir()) == []
+    # --no_push without --output_dir: the staged temporary folder is the result, kept.
+    folder = push_script.main([*argv, "--no_push"])
+    assert folder.parent == temp and (folder / "model.safetensors").is_file()
+
+
+def test_push_of_a_truncated_checkpoint_names_the_file(checkpoint, fake_hub, push_script):
+    from hf_advsoup.trainer import CorruptCheckpointError
+
+    weights = checkpoint / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CorruptCheckpointError, match=r"ckpt/model\.safetensors is truncated or corrupt"):
+        push_script.main(["--model_name_or_path", str(checkpoint / "ckpt"), "--repo_id", "someone/x",
+                          "--output_dir", str(checkpoint / "stage"), "--no_push"])

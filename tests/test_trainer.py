@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import transformers
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerControl, TrainerState
@@ -376,3 +377,150 @@ def test_needs_normalization_and_cotraining_arguments(tmp_path):
 
     with pytest.raises(TypeError, match="CoTrainingArguments"):
         CoTrainer(model=make_model(), args=TrainingArguments(output_dir=str(tmp_path)), normalization=NORM)
+
+
+# ------------------------------------------------------------------------------------------------------ exact resume
+def image_dataset(n=28, size=12, seed=0):
+    """PIL images (larger than the model's 8 px, so random resized crops have room) in an ``Image`` column."""
+    from datasets import ClassLabel, Features
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)) for _ in range(n)]
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=[str(i) for i in range(NUM_LABELS)])})
+    return Dataset.from_dict({"image": images, "label": [i % NUM_LABELS for i in range(n)]}, features=features)
+
+
+class StopAt(trainer_module.TrainerCallback):
+    """Interrupts training after optimizer step ``step`` (as a SIGINT would, between two steps)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def image_trainer(output_dir, num_workers=0, seed=0, callbacks=()):
+    from datasets import DatasetDict
+
+    from hf_advsoup.data import DataArguments, collate_fn, set_image_transforms
+
+    data = DatasetDict({"train": image_dataset()})
+    # The real pipeline: random resized crops (scale 0.3-1) and horizontal flips of PIL images.
+    set_image_transforms(data, ((8, 8), (0.5,) * 3, (0.5,) * 3),
+                         DataArguments(random_resized_crop=True, crop_min_scale=0.3, horizontal_flip=True))
+    model = make_model(num_hidden_layers=2, drop_path_rate=0.2, hidden_dropout_prob=0.1)
+    # 28 images in batches of 4: 7 steps per epoch, so checkpoint-30 lies inside epoch 4 (30 = 4 * 7 + 2).
+    args = make_args(output_dir, output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=60,
+                     save_strategy="steps", save_steps=10, ema_decay=0.9, dataloader_num_workers=num_workers,
+                     seed=seed)
+    return CoTrainer(model=model, args=args, train_dataset=data["train"], data_collator=collate_fn,
+                     normalization=NORM, callbacks=list(callbacks))
+
+
+def step_losses(trainer):
+    return {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_mid_epoch_resume_with_random_crops_and_flips_is_bit_identical(tmp_path, num_workers):
+    full = image_trainer(tmp_path / "full", num_workers)
+    full.train()
+    interrupted = image_trainer(tmp_path / "interrupted", num_workers, callbacks=[StopAt(33)])
+    interrupted.train()
+    assert interrupted.state.global_step == 33
+    resumed = image_trainer(tmp_path / "interrupted", num_workers)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "interrupted" / "checkpoint-30"))
+
+    full_losses = step_losses(full)
+    assert sorted(full_losses) == list(range(1, 61))
+    assert step_losses(resumed) == full_losses  # every logged loss, exactly (1-30 come from the checkpoint)
+    for name, value in params(full.model).items():
+        torch.testing.assert_close(params(resumed.model)[name], value, rtol=0, atol=0)
+    for name, value in full.ema.shadow.items():
+        torch.testing.assert_close(resumed.ema.shadow[name], value, rtol=0, atol=0)
+    # Control: another seed crops, flips and trains differently, so the equality above is not vacuous.
+    if num_workers == 0:
+        other = image_trainer(tmp_path / "other", seed=1, callbacks=[StopAt(3)])
+        other.train()
+        assert step_losses(other)[1] != full_losses[1]
+
+
+def test_crops_and_flips_are_keyed_to_seed_epoch_and_image():
+    from hf_advsoup.data.transforms import build_transforms
+
+    batch = {"image": list(image_dataset(n=6)["image"]), "label": [0] * 6}
+    transform = build_transforms(((8, 8), (0.5,) * 3, (0.5,) * 3), train=True, scale=(0.3, 1.0))
+    transform.set_epoch(3, seed=0)
+    first = torch.stack(transform(batch)["pixel_values"])
+    torch.manual_seed(123)  # torch's global RNG plays no part
+    again = torch.stack(transform(batch)["pixel_values"])
+    assert torch.equal(first, again)
+    reordered = torch.stack(transform({"image": batch["image"][::-1], "label": [0] * 6})["pixel_values"])
+    assert torch.equal(reordered, first.flip(0))  # a function of the image, not of its position in the batch
+    transform.set_epoch(4, seed=0)
+    assert not torch.equal(torch.stack(transform(batch)["pixel_values"]), first)
+    transform.set_epoch(3, seed=1)
+    assert not torch.equal(torch.stack(transform(batch)["pixel_values"]), first)
+
+
+# ------------------------------------------------------------------------------------------------------ checkpoints
+def test_resume_from_latest_checkpoint(tmp_path):
+    full = make_trainer(tmp_path, output_dir=str(tmp_path / "run"), max_steps=4, save_strategy="steps", save_steps=2)
+    full.train()
+    for value in (True, "True", "true", "latest"):
+        assert trainer_module.resolve_checkpoint(value, str(tmp_path / "run")) == str(tmp_path / "run" / "checkpoint-4")
+    assert trainer_module.resolve_checkpoint("False", str(tmp_path / "run")) is None
+    resumed = make_trainer(tmp_path, output_dir=str(tmp_path / "run"), max_steps=6, save_strategy="no")
+    steps_run = []
+    resumed.add_callback(type("Count", (trainer_module.TrainerCallback,), {
+        "on_step_end": lambda self, args, state, control, **kw: steps_run.append(state.global_step)})())
+    resumed.train(resume_from_checkpoint="True")
+    assert steps_run == [5, 6]  # continued after checkpoint-4
+    empty = make_trainer(tmp_path, output_dir=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="empty holds no checkpoint-N folder"):
+        empty.train(resume_from_checkpoint="latest")
+    with pytest.raises(FileNotFoundError, match="nowhere.*is not a folder"):
+        empty.train(resume_from_checkpoint=str(tmp_path / "nowhere"))
+
+
+def test_load_best_model_at_end_reloads_the_best_checkpoint_and_its_ema(tmp_path, monkeypatch, caplog):
+    robust = iter([0.2, 0.9, 0.3])  # best at the second evaluation (step 4 of 6): neither the first nor the last
+    monkeypatch.setattr(CoTrainer, "robust_metrics",
+                        lambda self, loader: {"robust_accuracy": next(robust), "robust_mode_clean_accuracy": 1.0})
+    trainer = make_trainer(tmp_path, model=make_model(num_hidden_layers=2), max_steps=6, eval_strategy="steps",
+                           eval_steps=2, save_strategy="steps", save_steps=2, robust_eval_samples=4, ema_decay=0.8,
+                           load_best_model_at_end=True, metric_for_best_model="robust_accuracy",
+                           greater_is_better=True)
+    transformers.utils.logging.enable_propagation()  # let caplog see transformers' load report
+    try:
+        with caplog.at_level("WARNING"):
+            trainer.train()
+    finally:
+        transformers.utils.logging.disable_propagation()
+    best = os.path.join(trainer.args.output_dir, "checkpoint-4")
+    assert trainer.state.best_model_checkpoint == best
+    assert "missing" not in caplog.text.lower() and "unexpected" not in caplog.text.lower()
+    final = str(tmp_path / "final")
+    trainer.save_model(final)
+    saved = AdvSoupViTForImageClassification.from_pretrained(final)
+    raw = AdvSoupViTForImageClassification.from_pretrained(best)
+    ema = load_file(os.path.join(best, EMA_WEIGHTS_NAME))
+    for name, value in saved.state_dict().items():
+        expected = ema[name] if name in ema else raw.state_dict()[name]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+    assert not torch.equal(ema["vit.layers.1.mlp.fc1.weight"], raw.state_dict()["vit.layers.1.mlp.fc1.weight"])
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    trainer = make_trainer(tmp_path, output_dir=str(tmp_path / "run"), max_steps=2, save_strategy="steps",
+                           save_steps=2)
+    trainer.train()
+    weights = tmp_path / "run" / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    resumed = make_trainer(tmp_path, output_dir=str(tmp_path / "run"), max_steps=4)
+    with pytest.raises(trainer_module.CorruptCheckpointError, match=r"model\.safetensors.*truncated or corrupt"):
+        resumed.train(resume_from_checkpoint="latest")

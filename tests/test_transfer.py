@@ -103,6 +103,18 @@ def test_load_source_model_bakes_from_a_saved_checkpoint(source_dir):
     torch.testing.assert_close(baked.vit.embeddings.cls_token, expected)
 
 
+def test_truncated_source_checkpoint_names_the_file(source_dir):
+    from hf_advsoup.trainer import CorruptCheckpointError
+
+    weights = os.path.join(source_dir, "model.safetensors")
+    with open(weights, "rb") as handle:
+        data = handle.read()
+    with open(weights, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+    with pytest.raises(CorruptCheckpointError, match=r"source/model\.safetensors is truncated or corrupt"):
+        load_source_model(source_dir, 0.5)
+
+
 def test_single_copy_source_is_kept_and_warns(caplog):
     baked = bake_soup(make_source(), 0.5)
     with caplog.at_level("WARNING"):

@@ -3,8 +3,10 @@ collator. Batched, on-device augmentation (RandAugment, MixUp, CutMix) lives in 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +21,9 @@ from .images import _decode, _describe, to_rgb
 logger = logging.getLogger(__name__)
 
 __all__ = ["ImageClassificationTransform", "build_transforms", "collate_fn", "set_image_transforms"]
+
+_KEY_SIZE = 64
+"""Images larger than this (pixels, either side) are identified by a _KEY_SIZE x _KEY_SIZE sample of their pixels."""
 
 
 def _processor_geometry(image_processor: Any) -> tuple[tuple[int, int], tuple[float, ...], tuple[float, ...], int]:
@@ -50,8 +55,13 @@ class ImageClassificationTransform:
 
     Train: RGB -> random resized crop to ``size`` (area ``scale``, aspect ``ratio``; torchvision's algorithm) or a
     plain resize -> horizontal flip with probability 0.5 -> [0, 1] -> normalise. Eval: RGB -> resize to ``size``
-    without keeping the aspect ratio (appendix C) -> normalise. Randomness comes from ``torch``'s global RNG,
-    which the DataLoader seeds per worker (and ``Trainer`` seeds from ``--seed``/``--data_seed``).
+    without keeping the aspect ratio (appendix C) -> normalise.
+
+    Randomness: after :meth:`set_epoch` (which :class:`~hf_advsoup.trainer.CoTrainer` calls at the start of every
+    epoch), the crop and flip of an image are a pure function of ``(seed, epoch, the image's content)``: neither
+    torch's global RNG, nor the DataLoader worker, nor the order or batch the image comes in play a part, so a run
+    resumed mid-epoch repeats them exactly. Before any ``set_epoch`` (e.g. under a plain ``Trainer``), draws come
+    from torch's global RNG, which the DataLoader seeds per worker and which a resumed run does not repeat.
 
     Output of ``__call__`` on a batch dict: ``{"pixel_values": [float32 (3, H, W)], "labels": [int]}``; an image
     that fails to decode yields ``pixel_values=None`` (logged) and :func:`collate_fn` drops it.
@@ -81,13 +91,48 @@ class ImageClassificationTransform:
         self.ratio = ratio
         self.hflip = hflip
         self.resample = PILImage.Resampling(resample)
+        self.seed: int | None = None
+        self.epoch: int | None = None
 
-    def _crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """Random (left, top, right, bottom) box: torchvision's RandomResizedCrop.get_params, on torch's RNG."""
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Draw the crops and flips of epoch ``epoch`` (0-based) of the run seeded ``seed`` as a pure function of
+        ``(seed, epoch, image)``. Called before the epoch's DataLoader iterator (and its worker processes, which get
+        a copy of this object) is created."""
+        self.epoch, self.seed = int(epoch), int(seed)
+
+    def _generator(self, value: Any) -> torch.Generator | None:
+        """The generator of one image's draws, seeded with a 64-bit BLAKE2b hash of ``(seed, epoch, image)``;
+        ``None`` (torch's global RNG) before :meth:`set_epoch`.
+
+        The image is identified by its stored bytes or path when the cell holds them (``decode=False``), else by
+        its mode, size and pixels; for images larger than ``_KEY_SIZE`` pixels a side, by a fixed nearest-neighbour
+        sample of ``_KEY_SIZE`` x ``_KEY_SIZE`` pixels (hashing every pixel of a large photo would cost a third of
+        its preprocessing). Identical images thus get identical draws within an epoch.
+        """
+        if self.epoch is None:
+            return None
+        digest = hashlib.blake2b(f"{self.seed},{self.epoch},".encode(), digest_size=8)
+        if isinstance(value, dict) and value.get("bytes") is not None:
+            digest.update(value["bytes"])
+        elif isinstance(value, (dict, str, os.PathLike)):
+            digest.update(os.fsencode(value["path"] if isinstance(value, dict) else value))
+        else:  # a decoded PIL image
+            digest.update(f"{value.mode}{value.size}".encode())
+            if max(value.size) > _KEY_SIZE:
+                value = value.resize((_KEY_SIZE, _KEY_SIZE), PILImage.Resampling.NEAREST)
+            digest.update(value.tobytes())
+        generator = torch.Generator()
+        generator.manual_seed(int.from_bytes(digest.digest(), "little"))
+        return generator
+
+    def _crop_box(
+        self, width: int, height: int, generator: torch.Generator | None = None
+    ) -> tuple[int, int, int, int]:
+        """Random (left, top, right, bottom) box: torchvision's RandomResizedCrop.get_params."""
         area = width * height
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
-            draws = torch.rand(4).tolist()
+            draws = torch.rand(4, generator=generator).tolist()
             target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * draws[0])
             aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draws[1])
             w = int(round(math.sqrt(target_area * aspect)))
@@ -107,16 +152,17 @@ class ImageClassificationTransform:
         left, top = (width - w) // 2, (height - h) // 2
         return left, top, left + w, top + h
 
-    def image_to_tensor(self, image: PILImage.Image) -> torch.Tensor:
-        """One PIL image -> normalised float32 ``(3, H, W)``."""
+    def image_to_tensor(self, image: PILImage.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One PIL image -> normalised float32 ``(3, H, W)``; training draws come from ``generator`` (default:
+        torch's global RNG)."""
         image = to_rgb(image)
         target = (self.size[1], self.size[0])  # PIL wants (width, height)
         if self.train and self.random_resized_crop:
-            image = image.resize(target, self.resample, box=self._crop_box(*image.size))
+            image = image.resize(target, self.resample, box=self._crop_box(*image.size, generator=generator))
         elif image.size != target:
             image = image.resize(target, self.resample)
         array = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy refuses read-only memory
-        if self.train and self.hflip and torch.rand(()).item() < 0.5:
+        if self.train and self.hflip and torch.rand((), generator=generator).item() < 0.5:
             array = array[:, ::-1]
         pixels = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
         return pixels.sub_(self.mean).div_(self.std)
@@ -125,7 +171,8 @@ class ImageClassificationTransform:
         pixel_values: list[torch.Tensor | None] = []
         for index, value in enumerate(batch["image"]):
             try:
-                pixel_values.append(self.image_to_tensor(_decode(value)))
+                generator = self._generator(value) if self.train else None
+                pixel_values.append(self.image_to_tensor(_decode(value), generator))
             except Exception as err:  # noqa: BLE001 - a corrupt image is skipped, never trained on
                 logger.warning("Skipping an undecodable image (%s): %s", _describe(value, index), err)
                 pixel_values.append(None)
