@@ -163,7 +163,10 @@ def parse_arguments(argv: list[str] | None = None):
 
 def build_image_processor(model_args: ModelArguments, image_size: int):
     """The checkpoint's processor, or a PIL one (works without torchvision) at ``image_size`` for fresh models and
-    for checkpoints saved without one (with ``--image_mean``/``--image_std``)."""
+    for checkpoints saved without one (with ``--image_mean``/``--image_std``).
+
+    ``set_image_transforms`` then aligns it with the transforms (``do_convert_rgb=True``: transparency composited
+    on white as in training; the evaluation crop), since this is the processor saved with the model."""
     if model_args.model_name_or_path is not None:
         try:
             return AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
@@ -177,6 +180,7 @@ def build_image_processor(model_args: ModelArguments, image_size: int):
         size={"height": image_size, "width": image_size},
         image_mean=[model_args.image_mean] * 3,
         image_std=[model_args.image_std] * 3,
+        do_convert_rgb=True,  # like the training transforms: transparency composited on white, not dropped
     )
 
 

@@ -817,3 +817,84 @@ def test_missing_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch, cap
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DatasetUnavailableError, match="There is no local file or folder 'someone/data'"):
         load_image_dataset(DataArguments(dataset_name="someone/data"))  # a Hub id shape: tried, and said so
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The saved image processor prepares images like the transforms (colour, evaluation crop)
+# ---------------------------------------------------------------------------------------------------------------
+def test_saved_processor_composites_transparency_like_training(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from transformers import ViTImageProcessorPil, pipeline
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_soup import make_soup_model
+
+    bar = np.zeros((64, 64, 4), dtype=np.uint8)  # a white bar on a transparent (stored: black) background
+    bar[24:40, 8:56] = 255
+    rgba = Image.fromarray(bar, mode="RGBA")
+    # What cotrain does: a fresh processor, aligned by set_image_transforms, saved by the Trainer.
+    processor = ViTImageProcessorPil(size={"height": 64, "width": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    dd = datasets.DatasetDict({"train": _image_dataset(4), "validation": _image_dataset(2)})
+    set_image_transforms(dd, processor, DataArguments())
+    model = make_soup_model(0, image_size=64, patch_size=8)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    classifier = pipeline("image-classification", model=str(tmp_path / "model"))
+
+    inference = classifier.image_processor(rgba, return_tensors="pt")["pixel_values"][0]
+    evaluation = build_transforms(processor, train=False)({"image": [rgba]})["pixel_values"][0]
+    training = build_transforms(processor, train=True, random_resized_crop=False, hflip=False)({"image": [rgba]})
+    assert torch.equal(inference, evaluation) and torch.equal(inference, training["pixel_values"][0])
+    assert torch.equal(inference, torch.ones_like(inference))  # white on white: nothing of the black left
+    # transformers' pipeline flattens PIL images with convert("RGB") before its processor (alpha lost); an array
+    # reaches the processor whole, which then composites like training.
+    with torch.no_grad():
+        expected = model(evaluation[None]).logits.softmax(-1)[0]
+    top = classifier(bar, top_k=1)[0]
+    assert top["score"] == pytest.approx(expected.max().item(), abs=1e-5)
+
+
+def test_eval_crop_rule_and_processor_alignment():
+    from transformers import ViTImageProcessorPil
+
+    from hf_advsoup.data.processor import default_eval_crop_pct
+
+    assert default_eval_crop_pct(224) == 0.875 and default_eval_crop_pct(32) == 1.0
+    assert default_eval_crop_pct(224, random_resized_crop=False) == 1.0  # transfer: resize, no crop
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    photo[:, :20] = photo[:, -20:] = 0  # black side bands: a centre crop removes them, a plain resize keeps them
+    photo[:, 20:-20] = np.maximum(photo[:, 20:-20], 60)
+    image = Image.fromarray(photo)
+
+    def aligned(size, **data_flags):
+        processor = ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3,
+                                         image_std=[0.5] * 3)
+        dd = datasets.DatasetDict({"train": _image_dataset(2), "validation": _image_dataset(2)})
+        set_image_transforms(dd, processor, DataArguments(**data_flags))
+        return processor, dd["validation"].with_transform(build_transforms(processor, train=False))
+
+    # ImageNet size: resize the shorter side to 256, centre-crop 224 (MAE/DeiT), in the processor too.
+    processor, _ = aligned(224)
+    assert processor.do_center_crop and processor.size == {"shortest_edge": 256}
+    assert processor.crop_size == {"height": 224, "width": 224} and processor.do_convert_rgb
+    ours = build_transforms(processor, train=False)({"image": [image]})["pixel_values"][0]
+    theirs = processor(image, return_tensors="pt")["pixel_values"][0]
+    assert ours.shape == (3, 224, 224) and torch.equal(ours, theirs)
+    assert ours[:, :, :2].min() > -0.6  # the black bands were cropped away
+    # Small images, or --eval_crop_pct 1: a plain resize, recorded as do_center_crop=False.
+    for size, flags in ((32, {}), (224, {"eval_crop_pct": 1.0})):
+        processor, _ = aligned(size, **flags)
+        assert processor.do_center_crop is False and processor.size == {"height": size, "width": size}
+        plain = build_transforms(processor, train=False)({"image": [image]})["pixel_values"][0]
+        assert torch.equal(plain, processor(image, return_tensors="pt")["pixel_values"][0])
+        assert plain[:, :, 0].max() < -0.99  # the band is still there: black is (0 - 0.5) / 0.5 = -1
+    # A processor that records nothing (older checkpoints) follows the rule; an explicit crop_pct wins.
+    undecided = ViTImageProcessorPil(size={"height": 224, "width": 224})
+    assert build_transforms(undecided, train=False).eval_resize == 256
+    assert build_transforms((16, (0.5,) * 3, (0.5,) * 3), train=False).eval_resize is None
+    assert build_transforms((16, (0.5,) * 3, (0.5,) * 3), train=False, crop_pct=0.5).eval_resize == 32
+    with pytest.raises(ValueError, match="eval_crop_pct"):
+        DataArguments(eval_crop_pct=1.5)
