@@ -425,7 +425,8 @@ class _SoupLoading:
                 + (f" and lack {missing[:4]}{' ...' if len(missing) > 4 else ''}" if missing else "")
                 + ". The adapter in config.json (or the `adapter=` argument) must be the one the model was trained "
                 "with; loading anyway would silently drop trained adversarial parameters or make robust mode equal "
-                "clean mode."
+                "clean mode. To change the adapter on purpose, load the checkpoint with its own adapter and call "
+                "`model.convert_adapter(new_adapter)`."
             )
         if missing:
             logger.info("No adversarial copies in %s: both copies of each doubled parameter start from its weights.",
@@ -737,6 +738,22 @@ class AdvSoupViTForImageClassification(_SoupLoading, ViTForImageClassification):
             )
         loss = F.nll_loss(log_probs, labels.to(log_probs.device)) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=log_probs)
+
+    def convert_adapter(self, adapter: str) -> "AdvSoupViTForImageClassification":
+        """A copy of this model with another adapter type: every shared weight and the clean copies are kept, this
+        model's adversarial copies are dropped, and the new adapter's adversarial copies start as copies of the clean
+        parameters (as from a vanilla ViT). The deliberate way to change ``adapter``; ``from_pretrained`` refuses a
+        checkpoint whose weights do not match the adapter it is told."""
+        config = copy.deepcopy(self.config)
+        config.adapter = adapter
+        converted = type(self)(config).to(device=self.device, dtype=self.dtype)
+        shared = {k: v for k, v in self.state_dict().items() if not k.rpartition(".")[2].startswith(ADVERSARIAL_PREFIX)}
+        missing, unexpected = converted.load_state_dict(shared, strict=False)
+        assert not unexpected and all(k.rpartition(".")[2].startswith(ADVERSARIAL_PREFIX) for k in missing), (
+            missing, unexpected)
+        converted.start_adversarial_from_clean()
+        converted.train(self.training)
+        return converted
 
     def export_soup(self, beta: float | None = None, beta2: float | None = None) -> "AdvSoupViTForImageClassification":
         """A standalone single-copy model (``adapter="none"``) whose adapters are the soup ``beta * clean + beta2 *

@@ -18,6 +18,7 @@ epsilon is in pixel units of ``[0, 1]`` images.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -453,6 +454,50 @@ class ForwardCounter:
         self._handle.remove()
 
 
+@contextlib.contextmanager
+def restrict_logits(model: nn.Module, class_indices: Sequence[int] | None) -> Iterator[nn.Module]:
+    """Within the block, every forward of ``model`` returns ``logits[..., class_indices]``: the model's scores of an
+    evaluation set's classes, in the evaluation set's label order (``class_indices[i]`` is the model's class of
+    evaluation label ``i``; :func:`hf_advsoup.data.labels.match_class_names`).
+
+    This is how ImageNet-A and ImageNet-R (200 of ImageNet's 1,000 classes; Hendrycks et al. 2021) are evaluated: a
+    prediction is the best of the evaluation set's classes. A forward hook does it, so everything that calls the
+    model sees the restricted logits: soups, :meth:`~AdvSoupViTForImageClassification.ensemble_forward` (each mode
+    restricted before the probabilities are averaged) and the attacks. ``None`` leaves the model untouched. A
+    forward given ``labels`` raises (its loss was computed over all classes). The hook is removed on exit.
+    """
+    if class_indices is None:
+        yield model
+        return
+    index = torch.as_tensor(list(class_indices), dtype=torch.long)
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            return output.index_select(-1, index.to(output.device))
+        if getattr(output, "loss", None) is not None:
+            raise RuntimeError("restrict_logits: the forward computed a loss over all classes; call the model "
+                               "without labels.")
+        output.logits = output.logits.index_select(-1, index.to(output.logits.device))
+        return output
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+def _restricted(
+    model: nn.Module, datasets: Mapping[str, EvalData], class_indices: Mapping[str, Sequence[int]] | None
+) -> Iterator[tuple[str, EvalData]]:
+    """``datasets.items()``, with ``model``'s logits restricted to ``class_indices[name]`` (:func:`restrict_logits`)
+    while the caller's loop body handles data set ``name``; the hook is removed when the loop moves on or ends (or
+    when the generator is closed, after an exception)."""
+    for name, data in datasets.items():
+        with restrict_logits(model, (class_indices or {}).get(name)):
+            yield name, data
+
+
 # --------------------------------------------------------------------------------------------------- ensembles
 def ensemble_probabilities(clean_logits: torch.Tensor, robust_logits: torch.Tensor, beta: float) -> torch.Tensor:
     """``beta * softmax(clean_logits) + (1 - beta) * softmax(robust_logits)``: the ensemble of Figure 4 / Table 8.
@@ -745,6 +790,7 @@ def independent_soup_sweep(
     seed: int = 0,
     bf16: bool = False,
     progress: bool = True,
+    class_indices: Mapping[str, Sequence[int]] | None = None,
 ) -> list[SoupRecord]:
     """The baseline of Table 9: soups ``beta * nominal + (1 - beta) * adversarial`` of *all* weights of two
     independently trained networks of the same architecture (e.g. two ``ViTForImageClassification``).
@@ -752,6 +798,7 @@ def independent_soup_sweep(
     ``nominal_model`` is used as the one working model: its weights are overwritten at each ``beta`` (keep your own
     copy if you need it afterwards; at the end it holds the nominal weights again). Memory: the working model plus
     the two endpoint state dicts; ``adversarial_model`` is only read. Models are called without ``beta``.
+    ``class_indices``: as for :func:`evaluate_soups`.
     """
     nominal = floating_state_dict(nominal_model)
     adversarial = {k: v.detach() for k, v in adversarial_model.state_dict().items() if v.is_floating_point()}
@@ -761,7 +808,7 @@ def independent_soup_sweep(
         for beta in tqdm([validate_beta(b) for b in betas], desc="two-network soups", disable=not progress,
                          unit="beta"):
             interpolate_weights_(model, nominal, adversarial, beta)
-            for name, data in datasets.items():
+            for name, data in _restricted(model, datasets, class_indices):
                 correct = total = 0
                 with _EvalMode(model), torch.no_grad():
                     for x, y in iter_batches(data, batch_size, max_eval_examples):
@@ -867,6 +914,7 @@ def evaluate_soups(
     *,
     normalization=None,
     independent_models: tuple[nn.Module, nn.Module] | None = None,
+    class_indices: Mapping[str, Sequence[int]] | None = None,
 ) -> SoupEvaluation:
     """Clean and robust accuracy of soups and ensembles over a beta grid on one or more data sets, plus optionally
     the 2-D landscape (appendix D) and the two-network baseline (Table 9), and the selections of Table 3 and
@@ -881,6 +929,10 @@ def evaluate_soups(
             accuracy (attacks work in [0, 1] pixel space).
         independent_models: ``(nominal, adversarial)`` networks for the Table 9 baseline; ``nominal`` is used as
             the working model and overwritten during the sweep (restored at the end).
+        class_indices: ``{name: model class of each label}`` for data sets whose labels are not the model's class
+            indices (another order, or a subset such as ImageNet-R's 200 classes;
+            :func:`hf_advsoup.data.labels.match_class_names`): their logits are restricted to those classes, in
+            that order, for clean and robust accuracy alike (:func:`restrict_logits`). Default: none.
 
     Returns:
         A :class:`SoupEvaluation` whose ``settings`` record the arguments and threat models.
@@ -893,6 +945,14 @@ def evaluate_soups(
         )
     if not datasets:
         raise ValueError("datasets is empty: pass at least one {name: data}.")
+    class_indices = {name: list(map(int, indices)) for name, indices in (class_indices or {}).items()}
+    unknown = [name for name in class_indices if name not in datasets]
+    if unknown:
+        raise ValueError(f"class_indices names {unknown}, which are not among the data sets: {', '.join(datasets)}.")
+    for name, indices in class_indices.items():
+        if not indices or min(indices) < 0 or max(indices) >= model.config.num_labels:
+            raise ValueError(f"class_indices[{name!r}] must hold model classes in [0, {model.config.num_labels}), "
+                             f"got {indices[:10]}.")
     if model.config.adapter == "none":
         logger.warning("The model has adapter='none' (a single copy): every beta gives the same network.")
     names = list(datasets)
@@ -920,7 +980,7 @@ def evaluate_soups(
     common = dict(batch_size=args.batch_size, bf16=args.bf16, progress=args.progress)
 
     records: list[SoupRecord] = []
-    for name, data in datasets.items():
+    for name, data in _restricted(model, datasets, class_indices):
         records += clean_sweep(model, data, args.all_betas, ensemble_betas=args.ensemble_betas, landscape=grid,
                                dataset_name=name, max_examples=args.max_eval_examples, **common)
         if name not in robust_names:
@@ -946,7 +1006,7 @@ def evaluate_soups(
             *independent_models, datasets, args.all_betas, attack_config=attack_config, attack_name=args.attack,
             normalization=normalization, robust_datasets=robust_names, batch_size=args.batch_size,
             max_eval_examples=args.max_eval_examples, max_robust_examples=args.max_robust_examples, seed=args.seed,
-            bf16=args.bf16, progress=args.progress,
+            bf16=args.bf16, progress=args.progress, class_indices=class_indices,
         )
 
     result = SoupEvaluation(records=records)
@@ -962,6 +1022,7 @@ def evaluate_soups(
         "model": {"adapter": model.config.adapter, "pooling": model.config.pooling,
                   "name_or_path": getattr(model.config, "_name_or_path", None)},
         "device": str(model.device),
+        "class_indices": class_indices or None,
     }
     result.selection = select_soups(result, min_clean_accuracy=args.min_clean_accuracy)
     return result
@@ -1033,6 +1094,7 @@ __all__ = [
     "interpolate_weights_",
     "iter_batches",
     "most_robust_soup",
+    "restrict_logits",
     "robust_accuracy",
     "robust_sweep",
     "select_soups",

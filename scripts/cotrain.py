@@ -217,7 +217,10 @@ def _given_on_command_line(argv: list[str], names: tuple[str, ...]) -> tuple[str
 
 def build_image_processor(model_args: ModelArguments, image_size: int):
     """The checkpoint's processor, or a PIL one (works without torchvision) at ``image_size`` for fresh models and
-    for checkpoints saved without one (with ``--image_mean``/``--image_std``)."""
+    for checkpoints saved without one (with ``--image_mean``/``--image_std``).
+
+    ``set_image_transforms`` then aligns it with the transforms (``do_convert_rgb=True``: transparency composited
+    on white as in training; the evaluation crop), since this is the processor saved with the model."""
     if model_args.model_name_or_path is not None:
         try:
             return AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
@@ -231,6 +234,7 @@ def build_image_processor(model_args: ModelArguments, image_size: int):
         size={"height": image_size, "width": image_size},
         image_mean=[model_args.image_mean] * 3,
         image_std=[model_args.image_std] * 3,
+        do_convert_rgb=True,  # like the training transforms: transparency composited on white, not dropped
     )
 
 
@@ -290,10 +294,16 @@ def build_model(model_args: ModelArguments, num_labels: int, image_size: int, id
         pooling=model_args.pooling, drop_path_rate=model_args.drop_path_rate,
     )
     if model_args.model_name_or_path is not None:
-        check_weight_files(model_args.model_name_or_path)
-        return AdvSoupViTForImageClassification.from_pretrained(
-            model_args.model_name_or_path, ignore_mismatched_sizes=True, **common
+        path = model_args.model_name_or_path
+        check_weight_files(path)
+        saved = AutoConfig.from_pretrained(path)
+        # A checkpoint of this library loads with its own adapter (its weights must match it); an explicit --adapter
+        # then converts it (keep_checkpoint_architecture has logged that change).
+        own = saved.adapter if saved.model_type == AdvSoupViTConfig.model_type else model_args.adapter
+        model = AdvSoupViTForImageClassification.from_pretrained(
+            path, ignore_mismatched_sizes=True, **{**common, "adapter": own}
         )
+        return model if own == model_args.adapter else model.convert_adapter(model_args.adapter)
     config = AdvSoupViTConfig(
         image_size=image_size, patch_size=model_args.patch_size, patch_stride=model_args.patch_stride,
         hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_hidden_layers,

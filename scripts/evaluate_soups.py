@@ -24,7 +24,15 @@ accepts (a preset such as ``digits`` or ``cifar10``, a Hub id, a local folder), 
 ``train`` (default: a preset's test split when it has one, else its eval split; otherwise ``test``, else a
 validation split, else the only split). Only that split is loaded: a data set needs no train split, and for a Hub id
 nothing else is downloaded (``imagenet-1k:validation`` fetches the 50k validation images, not the training set).
-The data set's number of classes must equal the model's.
+
+Classes are matched to the model's ``config.id2label`` by name (``hf_advsoup.data.labels``; integers compared as
+numbers, so the folders ``0``..``999`` of ImageNet-V2 are the model's classes 0..999 although ``datasets`` orders
+them as strings). An evaluation set may hold a subset of the model's classes (ImageNet-A and ImageNet-R: 200 of
+1,000): the model's logits are then restricted to those classes, for clean and robust accuracy alike. A class the
+model does not have is an error.
+
+Images are prepared by the model's saved image processor's geometry (``build_transforms``): a plain resize, or at
+ImageNet size the resize-and-centre-crop it records (``--eval_crop_pct`` overrides; see docs/data.md).
 
 Writes into ``--output_dir``: ``soup_results.json`` (every number with its settings: threat model, examples, forward
 passes), ``soup_results.csv``, ``soup_results.md`` and PNG plots (``tradeoff.png``, ``accuracy_vs_beta.png``,
@@ -44,6 +52,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Hf
 
 from hf_advsoup import AdvSoupViTForImageClassification
 from hf_advsoup.data import DATASET_PRESETS, build_transforms, collate_fn, load_eval_split
+from hf_advsoup.data.labels import match_class_names
 from hf_advsoup.soups import SoupEvaluation, SoupEvaluationArguments, evaluate_soups
 
 logger = logging.getLogger("evaluate_soups")
@@ -79,6 +88,12 @@ class EvaluateSoupsArguments:
     independent_adversarial_model: str | None = field(
         default=None, metadata={"help": "Table 9 baseline: the adversarially trained network (beta = 0)."}
     )
+    eval_crop_pct: float | None = field(
+        default=None,
+        metadata={"help": "Resize the shorter side to size / eval_crop_pct, then centre-crop the model's size (0.875: "
+                  "the ImageNet protocol); 1: a plain resize. Default: what the model's image processor records "
+                  "(do_center_crop), else 0.875 for inputs >= 128 px and 1 below."},
+    )
     device: str | None = field(
         default=None, metadata={"help": "torch device; default: cuda when available, else cpu."}
     )
@@ -98,22 +113,32 @@ def parse_dataset_spec(spec: str) -> tuple[str, str, str | None]:
     return name or source, source, split
 
 
-def load_eval_data(spec: str, processor, batch_size: int, num_labels: int, args: EvaluateSoupsArguments):
-    """One evaluation ``DataLoader`` (eval transform: resize to the model's size, normalize) and its description.
+def load_eval_data(spec: str, processor, batch_size: int, id2label: dict[int, str], args: EvaluateSoupsArguments):
+    """One evaluation ``DataLoader`` (the eval transform at the model's geometry), its description and the model
+    class of each of its labels (``None`` when they are the model's classes in the model's order).
 
-    Loads only the requested split (``load_eval_split``) and checks that the data set has exactly the model's
-    number of classes: with fewer or more, label ``i`` would not mean the model's class ``i``.
+    Loads only the requested split (``load_eval_split``) and matches its classes to ``id2label`` by name
+    (``match_class_names``): another order or a subset of the model's classes is fine, a class the model does not
+    have is a ``ValueError`` naming a few.
     """
     name, source, split = parse_dataset_spec(spec)
     dataset = load_eval_split(source, split, max_samples=args.max_eval_samples_per_dataset,
                               verify_images=args.verify_images)
     report = dataset.report
     split = next(iter(report.splits))  # the split actually loaded (the default when none was named)
-    num_classes = dataset.features["label"].num_classes
-    if num_classes != num_labels:
-        raise ValueError(f"Data set {name!r} has {num_classes} classes but the model predicts {num_labels}: evaluate "
-                         "on the data set the model was trained on (or a variant with the same label set).")
-    dataset.set_transform(build_transforms(processor, train=False))
+    class_names = dataset.features["label"].names
+    class_indices = match_class_names(class_names, id2label, dataset=f"data set {name!r}")
+    if class_indices == list(range(len(id2label))):
+        class_indices = None
+    elif len(class_indices) < len(id2label):
+        logger.info("Data set %r has %d of the model's %d classes: predictions are restricted to them.", name,
+                    len(class_indices), len(id2label))
+    else:
+        logger.info("Data set %r orders the model's classes differently (e.g. its label %d, %r, is the model's class "
+                    "%d): matched by name.", name, *next((i, class_names[i], c) for i, c in enumerate(class_indices)
+                                                       if i != c))
+    transform = build_transforms(processor, train=False, crop_pct=args.eval_crop_pct)
+    dataset.set_transform(transform)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
     hub_id = None
     if report.source.startswith("hub:"):
@@ -121,9 +146,12 @@ def load_eval_data(spec: str, processor, batch_size: int, num_labels: int, args:
     elif report.source.startswith("preset:"):
         hub_id = DATASET_PRESETS[report.source[7:]].hub_id
     info = {"name": name, "source": source, "split": split, "hub_id": hub_id, "num_examples": len(dataset),
-            "origin": report.source, "source_split": report.splits[split],
-            "num_corrupt_images_removed": sum(report.num_corrupt_images.values())}
-    return name, loader, info
+            "origin": report.source, "location": report.location, "source_split": report.splits[split],
+            "num_corrupt_images_removed": sum(report.num_corrupt_images.values()),
+            "num_classes": len(class_names),
+            "class_indices": class_indices,
+            "eval_resize": transform.eval_resize}
+    return name, loader, info, class_indices
 
 
 def main(argv: list[str] | None = None) -> SoupEvaluation:
@@ -139,14 +167,16 @@ def main(argv: list[str] | None = None) -> SoupEvaluation:
                          "AdvSoupViTForImageClassification: there are no soups to evaluate.")
     processor = AutoImageProcessor.from_pretrained(script_args.model_name_or_path)
 
-    datasets, infos = {}, []
+    datasets, infos, class_indices = {}, [], {}
     for spec in script_args.datasets:
-        name, loader, info = load_eval_data(spec, processor, soup_args.batch_size, model.config.num_labels,
-                                            script_args)
+        name, loader, info, indices = load_eval_data(spec, processor, soup_args.batch_size, model.config.id2label,
+                                                     script_args)
         if name in datasets:
             raise SystemExit(f"Data set name {name!r} is used twice; name them with NAME=SOURCE.")
         datasets[name] = loader
         infos.append(info)
+        if indices is not None:
+            class_indices[name] = indices
 
     independent = None
     if (script_args.independent_nominal_model is None) != (script_args.independent_adversarial_model is None):
@@ -163,7 +193,8 @@ def main(argv: list[str] | None = None) -> SoupEvaluation:
         from hf_advsoup.attacks import Normalization
 
         normalization = Normalization.from_processor(processor)
-    result = evaluate_soups(model, datasets, soup_args, normalization=normalization, independent_models=independent)
+    result = evaluate_soups(model, datasets, soup_args, normalization=normalization, independent_models=independent,
+                            class_indices=class_indices)
     result.settings.update({
         "model_name_or_path": script_args.model_name_or_path,
         "datasets_info": infos,

@@ -172,7 +172,7 @@ def _library_checkpoint(path: Path) -> Path:
                               drop_path_rate=0.1, id2label={i: str(i) for i in range(10)})
     model = AdvSoupViTForImageClassification(config)
     with torch.no_grad():
-        for param in model.adversarial_adapter.values():
+        for param in model.adversarial_adapter_parameters().values():
             param.add_(torch.randn_like(param) * 0.3)
     model.save_pretrained(path)
     return path
@@ -209,6 +209,25 @@ def test_checkpoint_of_this_library_keeps_its_architecture(tmp_path, caplog):
     assert (recorded["adapter"], recorded["pooling"], recorded["drop_path_rate"]) == ("layernorm", "mean", 0.1)
     assert recorded["set_on_command_line"] == ["pooling", "image_size", "patch_size", "hidden_size",
                                                "num_hidden_layers", "num_attention_heads", "intermediate_size"]
+
+
+def test_explicit_adapter_flag_converts_a_checkpoint_of_this_library(tmp_path, caplog):
+    """--adapter on a checkpoint of another adapter type converts it deliberately: shared weights and the clean
+    copies are kept, the new adversarial copies start as the clean ones (loading it as is would be refused)."""
+    ckpt = _library_checkpoint(tmp_path / "ckpt")  # a layernorm-adapter model
+    model_args = cotrain.parse_arguments(["--output_dir", str(tmp_path / "x"), "--model_name_or_path", str(ckpt),
+                                          "--adapter", "cls_token"])[0]
+    with caplog.at_level("WARNING", logger="cotrain"):
+        cotrain.keep_checkpoint_architecture(model_args)
+    assert "adapter: layernorm -> cls_token" in caplog.text
+    model = cotrain.build_model(model_args, 10, model_args.image_size, {i: str(i) for i in range(10)}).eval()
+    source = AutoModelForImageClassification.from_pretrained(ckpt).eval()
+    assert model.config.adapter == "cls_token"
+    assert torch.equal(model.vit.embeddings.adversarial_cls_token, source.vit.embeddings.cls_token)
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # both modes of the converted model are the source's clean mode
+        for beta in (0.0, 1.0):
+            torch.testing.assert_close(model(x, beta=beta).logits, source(x, beta=1.0).logits, rtol=0, atol=1e-6)
 
 
 def test_truncated_checkpoint_names_the_file(tmp_path):

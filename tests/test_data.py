@@ -279,7 +279,7 @@ def _fake_hub(monkeypatch, splits: dict[str, datasets.Dataset]):
 
 def test_presets_cover_the_paper():
     assert set(DATASET_PRESETS) == {
-        "imagenet-1k", "cifar10", "cifar100", "sun397", "resisc45", "dmlab", "mnist", "svhn", "digits"
+        "imagenet-1k", "cifar10", "cifar100", "sun397", "resisc45", "dmlab", "mnist", "svhn", "digits", "fashion_mnist"
     }
     assert DATASET_PRESETS["cifar100"].label_column == "fine_label"
     assert DATASET_PRESETS["svhn"].config_name == "cropped_digits"
@@ -558,3 +558,343 @@ def test_unlabelled_examples_collate_without_labels():
     assert "labels" not in out
     batch = collate_fn([{"pixel_values": p} for p in out["pixel_values"]])
     assert set(batch) == {"pixel_values"} and batch["pixel_values"].shape == (2, 3, 16, 16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# IDX files (MNIST, Fashion-MNIST, KMNIST layout) and the MNIST-like presets
+# ---------------------------------------------------------------------------------------------------------------
+def _idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_idx(path, array: np.ndarray, magic: int, gz: bool) -> None:
+    import gzip
+
+    content = _idx_bytes(array, magic)
+    path.write_bytes(gzip.compress(content) if gz else content)
+
+
+def _idx_folder(folder, num_train=20, num_test=10, rows=5, cols=7, num_classes=3, gz_train=True, gz_test=False,
+                seed=0):
+    """Release-named IDX files: train gzipped, t10k raw (by default); non-square images so rows/cols can't swap."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, count, gz in (("train", num_train, gz_train), ("t10k", num_test, gz_test)):
+        images = rng.integers(0, 256, (count, rows, cols), dtype=np.uint8)
+        labels = (np.arange(count) % num_classes).astype(np.uint8)
+        suffix = ".gz" if gz else ""
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, 2051, gz)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, 2049, gz)
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+def test_idx_folder_gzipped_and_raw_loads_pixel_exact(tmp_path):
+    arrays = _idx_folder(tmp_path / "idx")
+    dd = load_image_dataset(DataArguments(dataset_name=str(tmp_path / "idx"), validation_fraction=0.25))
+    assert [len(dd[s]) for s in dd] == [15, 5, 10]  # train (20 - 5 carved), validation, test (t10k)
+    assert dd.report.source == f"local:idx:{tmp_path / 'idx'}" and dd.report.total_corrupt_images == 0
+    assert dd.report.splits == {"train": "train", "test": "test", "validation": "train[carved 0.25, seed 0]"}
+    assert dd["train"].features["label"].names == ["0", "1", "2"]
+    test = dd["test"]
+    for index in (0, 9):
+        image = test[index]["image"]
+        assert image.mode == "L" and image.size == (7, 5)  # PIL: (width, height) = (cols, rows)
+        assert np.array_equal(np.asarray(image), arrays["t10k"][0][index])
+    assert test["label"] == arrays["t10k"][1].tolist()
+    # The transforms take them like any grayscale image.
+    set_image_transforms(dd, SIZE_MEAN_STD, DataArguments())
+    assert dd["train"][0]["pixel_values"].shape == (3, 16, 16)
+
+
+def test_idx_torchvision_raw_layout_and_single_split(tmp_path):
+    arrays = _idx_folder(tmp_path / "FashionMNIST" / "raw", gz_train=False, gz_test=True)
+    ds = load_eval_split(str(tmp_path / "FashionMNIST"))  # the folder holding raw/
+    assert len(ds) == 10 and ds.report.splits == {"test": "test"}
+    assert np.array_equal(np.asarray(ds[3]["image"]), arrays["t10k"][0][3])
+    # Only t10k files: evaluation works, training says which split is missing.
+    only_test = tmp_path / "only_test"
+    only_test.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (only_test / name).write_bytes((tmp_path / "FashionMNIST" / "raw" / name).read_bytes())
+    assert len(load_eval_split(str(only_test))) == 10
+    with pytest.raises(ValueError, match="Split 'train'.*available splits: test"):
+        load_image_dataset(DataArguments(dataset_name=str(only_test)))
+
+
+def test_idx_errors_name_the_file_and_the_problem(tmp_path):
+    import gzip
+
+    from hf_advsoup.data.idx import IdxFormatError, read_idx
+
+    def broken(name, mutate):
+        folder = tmp_path / name
+        _idx_folder(folder, gz_train=False, gz_test=False)
+        mutate(folder)
+        return str(folder)
+
+    def truncate(folder):  # a cut download
+        path = folder / "train-images-idx3-ubyte"
+        path.write_bytes(path.read_bytes()[:-10])
+
+    with pytest.raises(IdxFormatError, match=r"train-images-idx3-ubyte: truncated: 690 bytes .* expected 700 .*20 x 5 x 7"):
+        load_image_dataset(DataArguments(dataset_name=broken("truncated", truncate)))
+
+    def truncate_gz(folder):
+        path = folder / "t10k-images-idx3-ubyte"
+        (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(path.read_bytes())[:-30])
+        path.unlink()
+
+    with pytest.raises(IdxFormatError, match=r"t10k-images-idx3-ubyte.gz: the gzip stream is truncated"):
+        load_eval_split(broken("truncated_gz", truncate_gz), "test")
+
+    def swap(folder):  # labels where the images belong
+        images, labels = folder / "train-images-idx3-ubyte", folder / "train-labels-idx1-ubyte"
+        content = images.read_bytes()
+        images.write_bytes(labels.read_bytes())
+        labels.write_bytes(content)
+
+    with pytest.raises(IdxFormatError, match=r"train-images-idx3-ubyte: magic number 2049 .* expected 2051"):
+        load_image_dataset(DataArguments(dataset_name=broken("swapped", swap)))
+
+    def mismatch(folder):
+        _write_idx(folder / "train-labels-idx1-ubyte", np.zeros(19, dtype=np.uint8), 2049, gz=False)
+
+    with pytest.raises(IdxFormatError, match=r"holds 20 images but train-labels-idx1-ubyte holds 19 labels"):
+        load_image_dataset(DataArguments(dataset_name=broken("mismatch", mismatch)))
+
+    def lose_labels(folder):
+        (folder / "t10k-labels-idx1-ubyte").unlink()
+
+    with pytest.raises(FileNotFoundError, match=r"has t10k-images-idx3-ubyte but not t10k-labels-idx1-ubyte"):
+        load_image_dataset(DataArguments(dataset_name=broken("missing", lose_labels)))
+
+    trailing = tmp_path / "trailing"
+    trailing.write_bytes(_idx_bytes(np.zeros(3, dtype=np.uint8), 2049) + b"\0")
+    with pytest.raises(IdxFormatError, match="1 unexpected bytes"):
+        read_idx(trailing, 2049)
+    floats = tmp_path / "floats"
+    floats.write_bytes(b"\0\0\x0d\x02" + (2).to_bytes(4, "big") * 2 + np.arange(4, dtype=">f4").tobytes())
+    assert read_idx(floats).tolist() == [[0.0, 1.0], [2.0, 3.0]]  # read_idx itself takes any IDX type
+
+
+def _with_preset(monkeypatch, name, **changes):
+    import dataclasses
+
+    monkeypatch.setitem(DATASET_PRESETS, name, dataclasses.replace(DATASET_PRESETS[name], **changes))
+
+
+def test_fashion_mnist_preset_resolution_order(tmp_path, monkeypatch):
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    assert list(DATASET_PRESETS["fashion_mnist"].class_names) == names
+    assert DATASET_PRESETS["fashion_mnist"].idx_dirs[-1] == "/usr/share/datasets/fashion-mnist"  # Debian package
+    local = tmp_path / "local_copy"
+    _idx_folder(local, num_classes=10, num_train=40, num_test=20)
+    _with_preset(monkeypatch, "fashion_mnist", idx_dirs=(str(tmp_path / "absent"), str(local)))
+    monkeypatch.delenv("HF_ADVSOUP_FASHION_MNIST_DIR", raising=False)
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub must not be asked when local files exist")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.setattr(datasets, "load_dataset_builder", no_hub)
+    # 1. a folder in idx_dirs: the test split is t10k, named with the preset's classes.
+    test = load_eval_split("fashion_mnist")
+    assert len(test) == 20 and test.features["label"].names == names and test.report.location == str(local)
+    dd = load_image_dataset(DataArguments(dataset_name="fashion_mnist"))
+    assert [len(dd[s]) for s in dd] == [36, 4, 20]  # the preset's 10% of train carved out as validation
+    # 2. the environment variable wins over idx_dirs, and must hold the files.
+    explicit = tmp_path / "explicit"
+    _idx_folder(explicit, num_classes=10, num_train=30, num_test=11)
+    monkeypatch.setenv("HF_ADVSOUP_FASHION_MNIST_DIR", str(explicit))
+    assert len(load_eval_split("fashion_mnist")) == 11
+    monkeypatch.setenv("HF_ADVSOUP_FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match=r"HF_ADVSOUP_FASHION_MNIST_DIR=.*absent holds no IDX files.*apt-get"):
+        load_eval_split("fashion_mnist")
+
+
+def test_fashion_mnist_preset_falls_back_to_the_hub_and_says_how_to_install(tmp_path, monkeypatch):
+    _with_preset(monkeypatch, "fashion_mnist", idx_dirs=(str(tmp_path / "absent"),))
+    monkeypatch.delenv("HF_ADVSOUP_FASHION_MNIST_DIR", raising=False)
+    hub_names = ["T - shirt / top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"]
+
+    def hub_split(n, seed):
+        ds = _image_dataset(n, num_classes=10, seed=seed)
+        return ds.cast_column("label", datasets.ClassLabel(names=hub_names))
+
+    calls = _fake_hub(monkeypatch, {"train": hub_split(40, 0), "test": hub_split(10, 1)})
+    dd = load_image_dataset(DataArguments(dataset_name="fashion_mnist"))
+    assert calls == [("zalando-datasets/fashion_mnist", None)]
+    assert dd["test"].features["label"].names[0] == "T-shirt/top"  # the Hub's names replaced by the preset's
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'zalando-datasets/fashion_mnist' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DatasetUnavailableError) as err:
+        load_image_dataset(DataArguments(dataset_name="fashion_mnist"))
+    message = str(err.value)
+    assert "No local IDX files of fashion_mnist in: $HF_ADVSOUP_FASHION_MNIST_DIR (not set)" in message
+    assert str(tmp_path / "absent") in message
+    assert "apt-get update && apt-get install -y dataset-fashion-mnist" in message and "OfflineModeIsEnabled" in message
+
+
+def test_validation_carve_out_is_datasets_stratified_split_only_faster():
+    ds = _image_dataset(60, num_classes=4)
+    from hf_advsoup.data.schema import _carve_validation
+
+    for fraction, seed in ((0.2, 0), (0.1, 3), (0.05, 1)):  # 0.05 of 60 < 4 classes: not stratified
+        stratify = "label" if round(fraction * 60) >= 4 else None
+        reference = ds.train_test_split(test_size=fraction, seed=seed, stratify_by_column=stratify)
+        train, validation = _carve_validation(ds, fraction, seed)
+        assert train["label"] == reference["train"]["label"]
+        assert validation["label"] == reference["test"]["label"]
+        assert np.array_equal(np.asarray(validation[0]["image"]), np.asarray(reference["test"][0]["image"]))
+
+
+def test_sixty_thousand_idx_images_load_in_seconds(tmp_path):
+    import time
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    _write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8), 2051, False)
+    _write_idx(folder / "train-labels-idx1-ubyte", (np.arange(60000) % 10).astype(np.uint8), 2049, False)
+    start = time.perf_counter()
+    dd = load_image_dataset(DataArguments(dataset_name=str(folder)))  # verify_images is on: skipped, built here
+    elapsed = time.perf_counter() - start
+    assert [len(dd[s]) for s in dd] == [54000, 6000]
+    assert np.bincount(np.asarray(dd["validation"].with_format("numpy")[:]["label"])).tolist() == [600] * 10
+    # ~1 s on one CPU thread; row-by-row label reads or per-image PNG encoding took 30 s and more.
+    assert elapsed < 15, f"loading 60,000 IDX images took {elapsed:.1f} s"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors for a one-class folder, null labels, missing local paths
+# ---------------------------------------------------------------------------------------------------------------
+def test_one_class_folder_is_refused_for_training_and_evaluated_as_that_class(tmp_path):
+    root = tmp_path / "one"
+    (root / "cat").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (6, 6), (i, 0, 0)).save(root / "cat" / f"{i}.png")
+    cache = str(tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"has 1 class \('cat'\): training a classifier needs at least 2"):
+        load_image_dataset(DataArguments(dataset_name=str(root), dataset_cache_dir=cache))
+    ds = load_eval_split(str(root), cache_dir=cache)  # e.g. one class of a model's: matched by name later
+    assert len(ds) == 3 and ds.features["label"].names == ["cat"]
+
+
+def test_null_labels_are_a_clear_error(tmp_path):
+    ds = _image_dataset(6).cast_column("label", datasets.Value("int64"))
+    ds = ds.map(lambda row, i: {"target": None if i in (1, 4) else ["ant", "bee"][row["label"] % 2]},
+                with_indices=True, remove_columns=["label"])
+    path = str(tmp_path / "nulls.parquet")
+    ds.to_parquet(path)
+    with pytest.raises(ValueError, match=r"label column 'target' has 2 empty \(null\) value\(s\) in split 'train' "
+                                         r"\(of 6 rows; e.g. rows 1, 4\)"):
+        load_image_dataset(DataArguments(dataset_name=path, dataset_cache_dir=str(tmp_path / "cache")))
+
+
+def test_missing_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch, caplog):
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a path must not be looked up on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.setattr(datasets, "load_dataset_builder", no_hub)
+    monkeypatch.chdir(tmp_path)
+    for name in (str(tmp_path / "nope" / "data"), "./nope", "~/surely/not/here", "data/train/x.parquet"):
+        with pytest.raises(FileNotFoundError, match="No such file or folder"):
+            load_image_dataset(DataArguments(dataset_name=name))
+        with pytest.raises(FileNotFoundError, match="No such file or folder"):
+            load_eval_split(name)
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DatasetUnavailableError, match="There is no local file or folder 'someone/data'"):
+        load_image_dataset(DataArguments(dataset_name="someone/data"))  # a Hub id shape: tried, and said so
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The saved image processor prepares images like the transforms (colour, evaluation crop)
+# ---------------------------------------------------------------------------------------------------------------
+def test_saved_processor_composites_transparency_like_training(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from transformers import ViTImageProcessorPil, pipeline
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_soup import make_soup_model
+
+    bar = np.zeros((64, 64, 4), dtype=np.uint8)  # a white bar on a transparent (stored: black) background
+    bar[24:40, 8:56] = 255
+    rgba = Image.fromarray(bar, mode="RGBA")
+    # What cotrain does: a fresh processor, aligned by set_image_transforms, saved by the Trainer.
+    processor = ViTImageProcessorPil(size={"height": 64, "width": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    dd = datasets.DatasetDict({"train": _image_dataset(4), "validation": _image_dataset(2)})
+    set_image_transforms(dd, processor, DataArguments())
+    model = make_soup_model(0, image_size=64, patch_size=8)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    classifier = pipeline("image-classification", model=str(tmp_path / "model"))
+
+    inference = classifier.image_processor(rgba, return_tensors="pt")["pixel_values"][0]
+    evaluation = build_transforms(processor, train=False)({"image": [rgba]})["pixel_values"][0]
+    training = build_transforms(processor, train=True, random_resized_crop=False, hflip=False)({"image": [rgba]})
+    assert torch.equal(inference, evaluation) and torch.equal(inference, training["pixel_values"][0])
+    assert torch.equal(inference, torch.ones_like(inference))  # white on white: nothing of the black left
+    # transformers' pipeline flattens PIL images with convert("RGB") before its processor (alpha lost); an array
+    # reaches the processor whole, which then composites like training.
+    with torch.no_grad():
+        expected = model(evaluation[None]).logits.softmax(-1)[0]
+    top = classifier(bar, top_k=1)[0]
+    assert top["score"] == pytest.approx(expected.max().item(), abs=1e-5)
+
+
+def test_eval_crop_rule_and_processor_alignment():
+    from transformers import ViTImageProcessorPil
+
+    from hf_advsoup.data.processor import default_eval_crop_pct
+
+    assert default_eval_crop_pct(224) == 0.875 and default_eval_crop_pct(32) == 1.0
+    assert default_eval_crop_pct(224, random_resized_crop=False) == 1.0  # transfer: resize, no crop
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    photo[:, :20] = photo[:, -20:] = 0  # black side bands: a centre crop removes them, a plain resize keeps them
+    photo[:, 20:-20] = np.maximum(photo[:, 20:-20], 60)
+    image = Image.fromarray(photo)
+
+    def aligned(size, **data_flags):
+        processor = ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3,
+                                         image_std=[0.5] * 3)
+        dd = datasets.DatasetDict({"train": _image_dataset(2), "validation": _image_dataset(2)})
+        set_image_transforms(dd, processor, DataArguments(**data_flags))
+        return processor, dd["validation"].with_transform(build_transforms(processor, train=False))
+
+    # ImageNet size: resize the shorter side to 256, centre-crop 224 (MAE/DeiT), in the processor too.
+    processor, _ = aligned(224)
+    assert processor.do_center_crop and processor.size == {"shortest_edge": 256}
+    assert processor.crop_size == {"height": 224, "width": 224} and processor.do_convert_rgb
+    ours = build_transforms(processor, train=False)({"image": [image]})["pixel_values"][0]
+    theirs = processor(image, return_tensors="pt")["pixel_values"][0]
+    assert ours.shape == (3, 224, 224) and torch.equal(ours, theirs)
+    assert ours[:, :, :2].min() > -0.6  # the black bands were cropped away
+    # Small images, or --eval_crop_pct 1: a plain resize, recorded as do_center_crop=False.
+    for size, flags in ((32, {}), (224, {"eval_crop_pct": 1.0})):
+        processor, _ = aligned(size, **flags)
+        assert processor.do_center_crop is False and processor.size == {"height": size, "width": size}
+        plain = build_transforms(processor, train=False)({"image": [image]})["pixel_values"][0]
+        assert torch.equal(plain, processor(image, return_tensors="pt")["pixel_values"][0])
+        assert plain[:, :, 0].max() < -0.99  # the band is still there: black is (0 - 0.5) / 0.5 = -1
+    # A processor that records nothing (older checkpoints) follows the rule; an explicit crop_pct wins.
+    undecided = ViTImageProcessorPil(size={"height": 224, "width": 224})
+    assert build_transforms(undecided, train=False).eval_resize == 256
+    assert build_transforms((16, (0.5,) * 3, (0.5,) * 3), train=False).eval_resize is None
+    assert build_transforms((16, (0.5,) * 3, (0.5,) * 3), train=False, crop_pct=0.5).eval_resize == 32
+    with pytest.raises(ValueError, match="eval_crop_pct"):
+        DataArguments(eval_crop_pct=1.5)

@@ -293,7 +293,7 @@ def test_plots_are_written_and_non_empty(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- script
 def _save_checkpoint(path, seed=0):
-    model = make_model(seed, num_labels=3)
+    model = make_model(seed, num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
     model.save_pretrained(path)
     ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
         path)
@@ -394,9 +394,9 @@ def test_script_evaluates_a_dataset_without_train_split(tmp_path, evaluate_scrip
     assert result.curve("r", "soup", "clean_accuracy")[1.0] == pytest.approx(expected)
 
 
-def test_script_rejects_a_dataset_with_another_number_of_classes(tmp_path, evaluate_script):
-    _save_checkpoint(tmp_path / "ckpt")  # 3 labels
+def test_script_rejects_a_dataset_with_a_class_the_model_lacks(tmp_path, evaluate_script):
+    _save_checkpoint(tmp_path / "ckpt")  # 3 labels: a, b, c
     data = _save_dataset(tmp_path / "four", n=8, splits=("validation",), num_classes=4)
-    with pytest.raises(ValueError, match=r"has 4 classes but the model predicts 3"):
+    with pytest.raises(ValueError, match=r"1 of the 4 classes of data set .* are not classes of the model: 'd'"):
         evaluate_script.main(["--model_name_or_path", str(tmp_path / "ckpt"), "--output_dir", str(tmp_path / "o"),
                               "--datasets", f"{data}:validation", "--attack", "none", "--progress", "false"])

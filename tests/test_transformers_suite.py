@@ -68,7 +68,7 @@ def outcomes(junit_xml: str) -> dict[str, dict[str, str]]:
     subtest is failed."""
     result: dict[str, dict[str, str]] = collections.defaultdict(dict)
     for case in ET.parse(junit_xml).getroot().iter("testcase"):
-        cls, name = case.get("classname").rsplit(".", 1)[-1], case.get("name").split("[")[0]
+        cls, name = case.get("classname").rsplit(".", 1)[-1], case.get("name")
         if case.find("failure") is not None or case.find("error") is not None:
             state = "failed"
         elif case.find("skipped") is not None:
@@ -110,4 +110,5 @@ def test_common_model_tests_pass_as_for_vit(tmp_path):
     }
     print("\n".join(f"{cls}: {count}" for cls, count in counts.items()))
     assert not problems, "\n".join(problems) + "\n" + run.stdout[-3000:]
-    assert len(results) == (15 if full else len(DEFAULT_CLASSES) - 1), sorted(results)
+    # ViT plus 13 configurations: five adapters x two poolings, beta 0.5 (two adapters), drop path 0.1.
+    assert len(results) == (13 if full else len(DEFAULT_CLASSES) - 1), sorted(results)

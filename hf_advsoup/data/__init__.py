@@ -25,19 +25,26 @@ No torchvision: PIL, numpy and torch only.
 
 Where things live (each module one concern):
 
-* :mod:`.presets`: ``DatasetPreset`` and ``DATASET_PRESETS`` (Hub ids, columns, splits, image sizes).
+* :mod:`.presets`: ``DatasetPreset`` and ``DATASET_PRESETS`` (Hub ids, columns, splits, image sizes, local IDX
+  folders and class names of the MNIST-like presets).
 * :mod:`.arguments`: ``DataArguments``, the data flags of every script.
-* :mod:`.sources`: the embedded digits, local folders/files and the Hub, as raw splits.
+* :mod:`.sources`: the embedded digits, local folders/files and the Hub, as raw splits; how a name is resolved.
+* :mod:`.idx`: the IDX format of MNIST, Fashion-MNIST, KMNIST (reader, folder loader).
 * :mod:`.schema`: column detection, the canonical ``image``/``label`` layout, corrupt-image removal, carve-outs.
 * :mod:`.loading`: ``load_image_dataset`` and ``load_eval_split``, which put the above together.
+* :mod:`.labels`: matching an evaluation set's classes to a model's ``id2label`` by name.
 * :mod:`.images`: any PIL mode to 8-bit RGB (``to_rgb``) and cell decoding.
+* :mod:`.processor`: processor geometry, the evaluation crop rule, aligning the saved processor with the transforms.
 * :mod:`.transforms`: per-example transforms for ``set_transform`` and the collator.
 """
 
 from .arguments import DataArguments
+from .idx import IdxFormatError, load_idx_folder, read_idx
 from .images import to_rgb
+from .labels import match_class_names
 from .loading import load_eval_split, load_image_dataset
 from .presets import DATASET_PRESETS, DatasetPreset, find_preset
+from .processor import align_image_processor, default_eval_crop_pct
 from .schema import DataReport, detect_columns
 from .sources import DatasetUnavailableError, load_digits_dataset
 from .transforms import ImageClassificationTransform, build_transforms, collate_fn, set_image_transforms
@@ -48,14 +55,20 @@ __all__ = [
     "DataReport",
     "DatasetPreset",
     "DatasetUnavailableError",
+    "IdxFormatError",
     "ImageClassificationTransform",
+    "align_image_processor",
     "build_transforms",
     "collate_fn",
+    "default_eval_crop_pct",
     "detect_columns",
     "find_preset",
     "load_digits_dataset",
     "load_eval_split",
+    "load_idx_folder",
     "load_image_dataset",
+    "match_class_names",
+    "read_idx",
     "set_image_transforms",
     "to_rgb",
 ]

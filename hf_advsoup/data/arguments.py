@@ -100,6 +100,15 @@ class DataArguments:
         default=0.08, metadata={"help": "Smallest crop area, as a fraction of the image, for random resized crops."}
     )
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips (p=0.5) during training."})
+    eval_crop_pct: float | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation: resize the shorter side to size / eval_crop_pct, then centre-crop the model's size "
+            "(ImageNet protocol: 0.875, 256 -> 224); 1 resizes to the model's size directly. Default: 0.875 when the "
+            "model's input is >= 128 px and training uses random resized crops, else 1. The saved image processor "
+            "is set to match."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.validation_fraction is not None and not 0.0 <= self.validation_fraction < 1.0:
@@ -110,3 +119,6 @@ class DataArguments:
                 raise ValueError(f"{name} must be positive, got {value}.")
         if not 0.0 < self.crop_min_scale <= 1.0:
             raise ValueError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}.")
+        if self.eval_crop_pct is not None and not 0.0 < self.eval_crop_pct <= 1.0:
+            raise ValueError(f"eval_crop_pct is the kept fraction, in (0, 1], got {self.eval_crop_pct} (ImageNet: "
+                             "0.875).")

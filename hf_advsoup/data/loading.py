@@ -16,6 +16,7 @@ from .schema import (
     _canonical_labels,
     _carve_validation,
     _check_images,
+    _preset_class_names,
     _subsample,
     detect_columns,
 )
@@ -43,10 +44,11 @@ def load_image_dataset(data_args: DataArguments) -> datasets.DatasetDict:
             available ones), unusable labels.
         DatasetUnavailableError: a Hub id that cannot be reached (offline, network, gated, typo).
     """
-    raw, source, preset = _load_source(
+    loaded = _load_source(
         data_args.dataset_name, data_args.dataset_config_name, data_args.dataset_cache_dir,
         split_seed=data_args.split_seed, validation_fraction=data_args.validation_fraction,
     )
+    raw, source, preset = loaded.splits, loaded.source, loaded.preset
     available = list(raw)
 
     # --- splits ---------------------------------------------------------------------------------------------
@@ -81,19 +83,30 @@ def load_image_dataset(data_args: DataArguments) -> datasets.DatasetDict:
         data_args.image_column or (preset.image_column if preset else None),
         data_args.label_column or (preset.label_column if preset else None),
     )
-    report = DataReport(source=source, image_column=image_column, label_column=label_column)
+    report = DataReport(source=source, image_column=image_column, label_column=label_column,
+                        location=loaded.location)
     splits: dict[str, datasets.Dataset] = {}
     for canonical, source_split in (("train", train_split), ("validation", eval_split), ("test", test_split)):
         if source_split is None:
             continue
         splits[canonical] = _canonical_columns(raw[source_split], image_column, label_column)
         report.splits[canonical] = source_split
-    splits = _canonical_labels(splits)
+    splits = _canonical_labels(splits, label_column)
+    if preset is not None:
+        splits = _preset_class_names(splits, preset.class_names, preset.name)
+    names = splits["train"].features["label"].names
+    if len(names) < 2:
+        raise ValueError(
+            f"{data_args.dataset_name} has {len(names)} class ({', '.join(map(repr, names)) or 'none'}): training a "
+            "classifier needs at least 2. An image folder needs one subfolder per class (<folder>/<class name>/"
+            "<image>); images directly in the folder, or in a single subfolder, make one class."
+        )
 
     # --- corrupt images -------------------------------------------------------------------------------------
     for split in list(splits):
         splits[split] = _check_images(
-            splits[split], split, data_args.verify_images, data_args.preprocessing_num_workers, report
+            splits[split], split, data_args.verify_images and not loaded.images_verified,
+            data_args.preprocessing_num_workers, report, built_by_loader=loaded.images_verified,
         )
 
     # --- validation carve-out -------------------------------------------------------------------------------
@@ -197,9 +210,10 @@ def load_eval_split(
         if preset.hub_id is not None and split == "validation" and preset.eval_split is None:
             # No labelled validation split on the Hub: load_image_dataset carves one out of train.
             source_split, carve_fraction = preset.train_split, preset.validation_fraction
-    raw, source, _ = _load_source(
+    loaded = _load_source(
         dataset_name, dataset_config_name, cache_dir, split_seed=split_seed, single_split=True, split=source_split
     )
+    raw, source = loaded.splits, loaded.source
     available = list(raw)
     if source_split is None:
         source_split = _default_eval_split(available, dataset_name)
@@ -213,9 +227,14 @@ def load_eval_split(
         image_column or (preset.image_column if preset else None),
         label_column or (preset.label_column if preset else None),
     )
-    report = DataReport(source=source, image_column=image_column, label_column=label_column)
-    ds = _canonical_labels({split: _canonical_columns(raw[source_split], image_column, label_column)})[split]
-    ds = _check_images(ds, source_split, verify_images, num_proc, report)
+    report = DataReport(source=source, image_column=image_column, label_column=label_column,
+                        location=loaded.location)
+    splits = _canonical_labels({split: _canonical_columns(raw[source_split], image_column, label_column)},
+                               label_column)
+    if preset is not None:
+        splits = _preset_class_names(splits, preset.class_names, preset.name)
+    ds = _check_images(splits[split], source_split, verify_images and not loaded.images_verified, num_proc, report,
+                       built_by_loader=loaded.images_verified)
     report.splits[split] = source_split
     if carve_fraction is not None:
         _, ds = _carve_validation(ds, carve_fraction, split_seed)

@@ -37,6 +37,14 @@ class DatasetPreset:
             uses patch 4 with stride 2 instead, Section 5.3 / appendix A).
         transfer_image_size: Resolution for transfer (appendix C: every data set is resized to 224x224).
         description: One line for logs and docs.
+        class_names: Label names (index = label value) given to the data whatever its source, so that models
+            trained on the local files and on the Hub copy name their classes alike (the Hub's Fashion-MNIST says
+            "T - shirt / top"). ``None``: the source's names.
+        idx_env_var: Environment variable naming a folder of the data set's IDX files; when set, that folder is
+            used and nothing else is tried.
+        idx_dirs: Folders searched, in order, for the IDX files before the Hub (``~`` expanded; relative ones from
+            the current directory); a folder counts when it (or its ``raw/``) holds them.
+        install_hint: How to get the files offline, for the error when none of the above has them.
     """
 
     name: str
@@ -53,6 +61,15 @@ class DatasetPreset:
     image_size: int
     transfer_image_size: int = 224
     description: str = ""
+    class_names: tuple[str, ...] | None = None
+    idx_env_var: str | None = None
+    idx_dirs: tuple[str, ...] = ()
+    install_hint: str = ""
+
+    @property
+    def idx_files(self) -> bool:
+        """Whether the data set can be read from local IDX files (MNIST-like) before the Hub."""
+        return self.idx_env_var is not None or bool(self.idx_dirs)
 
 
 DATASET_PRESETS: dict[str, DatasetPreset] = {
@@ -96,7 +113,30 @@ DATASET_PRESETS: dict[str, DatasetPreset] = {
         DatasetPreset(
             name="mnist", hub_id="ylecun/mnist", config_name=None, image_column="image", label_column="label",
             train_split="train", eval_split=None, test_split="test", validation_fraction=0.02, validation_seed=0,
-            num_labels=10, image_size=28, description="MNIST (28x28 grayscale; Table 5).",
+            num_labels=10, image_size=28,
+            description="MNIST (28x28 grayscale; Table 5): the IDX files from $HF_ADVSOUP_MNIST_DIR, ./data/mnist "
+            "or torchvision's ./data/MNIST/raw, else the Hub.",
+            class_names=tuple(str(i) for i in range(10)), idx_env_var="HF_ADVSOUP_MNIST_DIR",
+            idx_dirs=("data/mnist", "data/MNIST/raw"),
+            install_hint="Put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+            "t10k-labels-idx1-ubyte.gz in a folder and set HF_ADVSOUP_MNIST_DIR to it (or pass the folder as "
+            "--dataset_name).",
+        ),
+        DatasetPreset(
+            name="fashion_mnist", hub_id="zalando-datasets/fashion_mnist", config_name=None, image_column="image",
+            label_column="label", train_split="train", eval_split=None, test_split="test", validation_fraction=0.1,
+            validation_seed=0, num_labels=10, image_size=28,
+            description="Fashion-MNIST (Zalando; 28x28 grayscale, 10 clothing classes; 60k train, 10k test): the IDX "
+            "files from $HF_ADVSOUP_FASHION_MNIST_DIR, ./data/fashion-mnist, torchvision's ./data/FashionMNIST/raw "
+            "or the Debian/Ubuntu package dataset-fashion-mnist, else the Hub. Validation: 6,000 training images, "
+            "stratified (tune on it; report on test).",
+            class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"),
+            idx_env_var="HF_ADVSOUP_FASHION_MNIST_DIR",
+            idx_dirs=("data/fashion-mnist", "data/FashionMNIST/raw", "/usr/share/datasets/fashion-mnist"),
+            install_hint="Install the files offline with `apt-get update && apt-get install -y dataset-fashion-mnist` "
+            "(Debian/Ubuntu: /usr/share/datasets/fashion-mnist/), or put Zalando's four .gz files in a folder and set "
+            "HF_ADVSOUP_FASHION_MNIST_DIR to it.",
         ),
         DatasetPreset(
             name="svhn", hub_id="ufldl-stanford/svhn", config_name="cropped_digits", image_column="image",

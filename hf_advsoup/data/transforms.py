@@ -1,5 +1,7 @@
-"""Per-example transforms for ``Dataset.set_transform`` (random resized crop, flip, resize, normalisation) and the
-collator. Batched, on-device augmentation (RandAugment, MixUp, CutMix) lives in :mod:`hf_advsoup.augmentation`."""
+"""Per-example transforms for ``Dataset.set_transform`` (random resized crop, flip, resize, evaluation centre crop,
+normalisation) and the collator. Batched, on-device augmentation (RandAugment, MixUp, CutMix) lives in
+:mod:`hf_advsoup.augmentation`; how a processor's geometry is read and kept in line with these transforms, in
+:mod:`.processor`."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from PIL import Image as PILImage
 
 from .arguments import DataArguments
 from .images import _decode, _describe, to_rgb
+from .processor import align_image_processor, default_eval_crop_pct, processor_geometry, resolve_eval_resize
 
 logger = logging.getLogger(__name__)
 
@@ -26,36 +29,14 @@ _KEY_SIZE = 64
 """Images larger than this (pixels, either side) are identified by a _KEY_SIZE x _KEY_SIZE sample of their pixels."""
 
 
-def _processor_geometry(image_processor: Any) -> tuple[tuple[int, int], tuple[float, ...], tuple[float, ...], int]:
-    """(height, width), mean, std and PIL resample code of an image processor (or a (size, mean, std) tuple)."""
-    if isinstance(image_processor, (tuple, list)):
-        size, mean, std = image_processor
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return (int(height), int(width)), tuple(mean), tuple(std), int(PILImage.Resampling.BILINEAR)
-    size = image_processor.size
-
-    def get(key: str) -> Any:
-        return getattr(size, key, None) if not isinstance(size, dict) else size.get(key)
-
-    if get("height") and get("width"):
-        hw = (int(get("height")), int(get("width")))
-    elif get("shortest_edge"):  # square at the shortest edge: ViTs need a fixed grid of patches
-        hw = (int(get("shortest_edge")),) * 2
-    else:
-        raise ValueError(f"Cannot read a target size from the image processor's size {size!r}.")
-    do_normalize = getattr(image_processor, "do_normalize", True)
-    mean = tuple(image_processor.image_mean) if do_normalize else (0.0, 0.0, 0.0)
-    std = tuple(image_processor.image_std) if do_normalize else (1.0, 1.0, 1.0)
-    resample = int(getattr(image_processor, "resample", PILImage.Resampling.BILINEAR))
-    return hw, mean, std, resample
-
-
 class ImageClassificationTransform:
     """Per-example preprocessing for ``Dataset.set_transform`` (picklable, so DataLoader workers can use it).
 
     Train: RGB -> random resized crop to ``size`` (area ``scale``, aspect ``ratio``; torchvision's algorithm) or a
     plain resize -> horizontal flip with probability 0.5 -> [0, 1] -> normalise. Eval: RGB -> resize to ``size``
-    without keeping the aspect ratio (appendix C) -> normalise.
+    without keeping the aspect ratio (appendix C) -> normalise; or, with ``eval_resize``, resize the shorter side to
+    ``eval_resize`` pixels (an int; the aspect ratio kept, transformers' rounding) or to exactly ``eval_resize =
+    (height, width)``, then centre-crop ``size`` (the ImageNet protocol, :mod:`.processor`).
 
     Randomness: after :meth:`set_epoch` (which :class:`~hf_advsoup.trainer.CoTrainer` calls at the start of every
     epoch), the crop and flip of an image are a pure function of ``(seed, epoch, the image's content)``: neither
@@ -79,9 +60,15 @@ class ImageClassificationTransform:
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: bool = True,
         resample: int = int(PILImage.Resampling.BILINEAR),
+        eval_resize: int | tuple[int, int] | None = None,
     ) -> None:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need three channels and std > 0, got mean={mean}, std={std}.")
+        if isinstance(eval_resize, int) and eval_resize < max(size):
+            raise ValueError(f"eval_resize {eval_resize} is smaller than the crop {tuple(size)}.")
+        if isinstance(eval_resize, tuple) and (eval_resize[0] < size[0] or eval_resize[1] < size[1]):
+            raise ValueError(f"eval_resize {eval_resize} is smaller than the crop {tuple(size)}.")
+        self.eval_resize = eval_resize
         self.size = (int(size[0]), int(size[1]))
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -167,12 +154,33 @@ class ImageClassificationTransform:
         pixels = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
         return pixels.sub_(self.mean).div_(self.std)
 
+    def resize_center_crop(self, image: PILImage.Image) -> PILImage.Image:
+        """The evaluation resize and centre crop to ``size`` (``eval_resize``), on the RGB image, with the
+        arithmetic of transformers' processors (shorter side: ``int(eval_resize * long / short)`` for the longer
+        one; crop offsets ``(side - crop) // 2``), so that a processor aligned by
+        :func:`~hf_advsoup.data.processor.align_image_processor` gives the same pixels."""
+        image = to_rgb(image)
+        width, height = image.size
+        if isinstance(self.eval_resize, int):
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = self.eval_resize, int(self.eval_resize * long / short)
+            new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
+        else:
+            new_height, new_width = self.eval_resize
+        if (new_width, new_height) != image.size:
+            image = image.resize((new_width, new_height), self.resample)
+        top, left = (new_height - self.size[0]) // 2, (new_width - self.size[1]) // 2
+        return image.crop((left, top, left + self.size[1], top + self.size[0]))
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values: list[torch.Tensor | None] = []
         for index, value in enumerate(batch["image"]):
             try:
+                image = _decode(value)
+                if not self.train and self.eval_resize is not None:
+                    image = self.resize_center_crop(image)  # then image_to_tensor has nothing left to resize
                 generator = self._generator(value) if self.train else None
-                pixel_values.append(self.image_to_tensor(_decode(value), generator))
+                pixel_values.append(self.image_to_tensor(image, generator))
             except Exception as err:  # noqa: BLE001 - a corrupt image is skipped, never trained on
                 logger.warning("Skipping an undecodable image (%s): %s", _describe(value, index), err)
                 pixel_values.append(None)
@@ -189,38 +197,58 @@ def build_transforms(
     random_resized_crop: bool = True,
     scale: tuple[float, float] = (0.08, 1.0),
     hflip: bool = True,
+    crop_pct: float | None = None,
 ) -> ImageClassificationTransform:
     """Transform for ``Dataset.set_transform`` at the model's size and normalisation.
 
     Args:
-        image_processor: A transformers image processor (``size`` with height/width, ``image_mean``,
-            ``image_std``, ``resample``; e.g. ``ViTImageProcessorPil``, which needs no torchvision) or a tuple
-            ``(size, mean, std)`` with ``size`` an int or ``(height, width)``.
-        train: Random resized crop / flip when True; a plain resize when False.
+        image_processor: A transformers image processor (``size`` with height/width or shortest_edge, optional
+            ``crop_size``/``do_center_crop``, ``image_mean``, ``image_std``, ``resample``; e.g.
+            ``ViTImageProcessorPil``, which needs no torchvision) or a tuple ``(size, mean, std)`` with ``size`` an
+            int or ``(height, width)``. The model's input is the crop size when the processor crops.
+        train: Random resized crop / flip when True; the evaluation resize (and crop) when False.
         random_resized_crop: Train with random resized crops (co-training, appendix A); False resizes without
-            keeping the aspect ratio (transfer, appendix C).
+            keeping the aspect ratio (transfer, appendix C). Also feeds the default crop rule.
         scale: Crop area range as fractions of the image (default (0.08, 1), as in timm/MAE).
         hflip: Random horizontal flip with probability 0.5 during training.
+        crop_pct: Evaluation: resize the shorter side to ``floor(max(size) / crop_pct)`` and centre-crop ``size``;
+            1 is a plain resize. Default: the processor's own decision when it records one (``do_center_crop``
+            set), else :func:`~hf_advsoup.data.processor.default_eval_crop_pct` (0.875 from 128 px with random
+            resized crops, else 1).
     """
-    size, mean, std, resample = _processor_geometry(image_processor)
+    geometry = processor_geometry(image_processor)
+    eval_resize = resolve_eval_resize(geometry, crop_pct, random_resized_crop)
     return ImageClassificationTransform(
-        size, mean, std, train, random_resized_crop=random_resized_crop, scale=scale, hflip=hflip, resample=resample
+        geometry.size, geometry.mean, geometry.std, train, random_resized_crop=random_resized_crop, scale=scale,
+        hflip=hflip, resample=geometry.resample, eval_resize=eval_resize,
     )
 
 
 def set_image_transforms(
     dataset_dict: datasets.DatasetDict, image_processor: Any, data_args: DataArguments
 ) -> datasets.DatasetDict:
-    """Attach the train transform to ``train`` and the eval transform to every other split (in place).
+    """Attach the train transform to ``train`` and the eval transform to every other split (in place), and align
+    ``image_processor`` with them (in place; it is the processor saved with the model, which ``pipeline`` uses):
+    ``do_convert_rgb=True`` and the evaluation crop (:func:`~hf_advsoup.data.processor.align_image_processor`).
 
-    The Trainer must then run with ``remove_unused_columns=False`` and ``data_collator=collate_fn``.
+    The evaluation crop is ``data_args.eval_crop_pct``, else
+    :func:`~hf_advsoup.data.processor.default_eval_crop_pct` of the model's input size and
+    ``data_args.random_resized_crop``. The Trainer must then run with ``remove_unused_columns=False`` and
+    ``data_collator=collate_fn``.
     """
+    size = processor_geometry(image_processor).size
+    crop_pct = data_args.eval_crop_pct
+    if crop_pct is None:
+        crop_pct = default_eval_crop_pct(size, data_args.random_resized_crop)
+    align_image_processor(image_processor, crop_pct)
+    logger.info("Evaluation transform: %s to %dx%d (crop_pct %g); the image processor is set to match.",
+                "resize the shorter side, then centre-crop" if crop_pct < 1 else "resize", size[0], size[1], crop_pct)
     for split, ds in dataset_dict.items():
         is_train = split == "train"
         ds.set_transform(
             build_transforms(
                 image_processor, train=is_train, random_resized_crop=data_args.random_resized_crop,
-                scale=(data_args.crop_min_scale, 1.0), hflip=data_args.horizontal_flip,
+                scale=(data_args.crop_min_scale, 1.0), hflip=data_args.horizontal_flip, crop_pct=crop_pct,
             )
         )
     return dataset_dict
