@@ -37,6 +37,7 @@ _LAZY = {
     "soups": ["SoupEvaluationArguments", "SoupEvaluation", "evaluate_soups", "select_soups"],
     "hub": ["render_model_card", "push_folder"],
     "transfer": ["TransferArguments", "TransferRecipe", "run_transfer", "run_sweep"],
+    "pipelines": ["AdvSoupImageClassificationPipeline", "soup_pipeline"],
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -854,6 +854,17 @@ def test_saved_processor_composites_transparency_like_training(tmp_path):
         expected = model(evaluation[None]).logits.softmax(-1)[0]
     top = classifier(bar, top_k=1)[0]
     assert top["score"] == pytest.approx(expected.max().item(), abs=1e-5)
+    # hf_advsoup's pipeline keeps the transparency of PIL images and image files until it composites it on white.
+    from hf_advsoup.pipelines import soup_pipeline
+
+    rgba.save(tmp_path / "bar.png")
+    ours = soup_pipeline(str(tmp_path / "model"), beta=1.0)
+    for given in (rgba, str(tmp_path / "bar.png")):
+        assert ours(given, top_k=1)[0]["score"] == pytest.approx(expected.max().item(), abs=1e-5)
+    with torch.no_grad():  # the stock pipeline's flattening (alpha dropped: a white bar on black) predicts otherwise
+        flattened = model(build_transforms(processor, train=False)({"image": [rgba.convert("RGB")]})["pixel_values"][0][None]).logits
+    assert classifier(rgba, top_k=1)[0]["score"] == pytest.approx(flattened.softmax(-1).max().item(), abs=1e-5)
+    assert not torch.allclose(flattened.softmax(-1)[0], expected, atol=1e-3)
 
 
 def test_eval_crop_rule_and_processor_alignment():
