@@ -121,15 +121,15 @@ def test_card_names_the_attack_behind_every_robust_number():
             r.threat_model = report if r.family == "soup" else pgd20
     text = str(render_model_card(inputs(), result, AdvSoupViTConfig(**TINY)))
     summary = text.split("Summary (RobustBench style)")[1].split("###")[0]
-    assert "| soup beta=0 (robust mode) | Linf | 0.1 | 60.00 | 50.00 | PGD-40 (Adam) + MT-3 |" in summary
-    assert "Attack behind every robust number: PGD-40 (Adam) + MT-3: 40 steps of Adam" in summary
+    assert "| soup beta=0 (robust mode) | Linf | 0.1 | 60.00 | 50.00 | PGD-40 (Adam) + MT-9 |" in summary
+    assert "Attack behind every robust number: PGD-40 (Adam) + MT-9: 40 steps of Adam" in summary
     assert "PGD-20 (Adam): 20 steps of Adam on the perturbation, step 0.1, decayed 10x at steps 10 and 15" in summary
     robust = {(r.metric_args["family"], r.metric_args["beta"]): r for r in build_eval_results(result)
               if r.metric_args["mode"] == "robust"}
     assert robust[("ensemble", 0.5)].metric_args["attack_name"] == "PGD-20 (Adam)"
     assert "PGD-20 (Adam)" in robust[("ensemble", 0.5)].metric_name
     assert "steps=20" in robust[("ensemble", 0.5)].metric_config
-    assert robust[("soup", 0.0)].metric_name.endswith("(PGD-40 (Adam) + MT-3, linf, eps 0.1)")
+    assert robust[("soup", 0.0)].metric_name.endswith("(PGD-40 (Adam) + MT-9, linf, eps 0.1)")
 
 
 def test_card_without_results_or_paper_numbers():
