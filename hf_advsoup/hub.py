@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from .attacks import format_epsilon
 from .soups import SoupEvaluation, SoupRecord, describe_threat_model
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ def _metric_config(record: SoupRecord) -> str:
     if record.threat_model is None:
         return f"{record.family},{beta},clean"
     t = record.threat_model
-    return f"{record.family},{beta},{t.get('attack')},{t.get('norm')},eps={t.get('epsilon'):.6g}"
+    steps = f",steps={t['steps']}" if t.get("steps") is not None else ""
+    return f"{record.family},{beta},{t.get('attack')}{steps},{t.get('norm')},eps={t.get('epsilon'):.6g}"
 
 
 def build_eval_results(
@@ -165,8 +167,11 @@ def build_eval_results(
         name = f"{record.family} beta={record.beta:g} {mode} accuracy"
         if record.threat_model is not None:
             t = record.threat_model
-            args.update(norm=t.get("norm"), epsilon=t.get("epsilon"), attack=t.get("attack"), steps=t.get("steps"))
-            name += f" ({describe_threat_model(t)})"
+            args.update(norm=t.get("norm"), epsilon=t.get("epsilon"), attack=t.get("attack"), steps=t.get("steps"),
+                        attack_name=t.get("name") or t.get("attack"))
+            # The metric name stays short (the Hub shows it in a widget); the card text gives every setting.
+            name += (f" ({t['name']}, {t.get('norm')}, eps {format_epsilon(t['epsilon'], t.get('norm', 'linf'))})"
+                     if t.get("name") and t.get("epsilon") is not None else f" ({describe_threat_model(t)})")
         results.append(EvalResult(
             task_type="image-classification",
             task_name="Image Classification",
@@ -212,10 +217,11 @@ def robustbench_summary(result: SoupEvaluation, dataset: str | None = None) -> s
         clean_n = next((x.num_examples for x in result.filter(dataset=dataset, family=family, beta=beta,
                                                                metric="clean_accuracy") if x.beta2 is None), 0)
         eps = t.get("epsilon")
-        eps_text = f"{eps * 255:g}/255" if eps is not None and t.get("norm") == "linf" else f"{eps}"
+        eps_text = format_epsilon(eps, t.get("norm", "linf")) if eps is not None else "-"
+        attack_name = t.get("name") or t.get("attack")
         lines.append(
             f"| {family} beta={beta:g} ({title}) | {str(t.get('norm', '')).replace('linf', 'Linf').replace('l2', 'L2')}"
-            f" | {eps_text} | {100 * table_clean[beta]:.2f} | {100 * r.value:.2f} | {t.get('attack')} | "
+            f" | {eps_text} | {100 * table_clean[beta]:.2f} | {100 * r.value:.2f} | {attack_name} | "
             f"{r.compute}; {r.forward_passes / max(r.num_examples, 1):.1f} | {clean_n}; {r.num_examples} |"
         )
     return "\n".join(lines) if len(lines) > 2 else ""
@@ -346,9 +352,12 @@ def render_model_card(
         base_model=inputs.base_model,
         eval_results=eval_results or None,
     )
-    threat = None
-    if result is not None:
-        threat = next((r.threat_model for r in result.records if r.threat_model), None)
+    # Every attack behind a number of the card, named with its settings (soups and ensembles may differ from the
+    # landscape's; the card reports soups and ensembles).
+    threats = list(dict.fromkeys(
+        describe_threat_model(r.threat_model) for r in (result.records if result is not None else [])
+        if r.threat_model and r.family in CARD_FAMILIES
+    ))
     architecture = None
     if model_config is not None:
         architecture = (
@@ -370,7 +379,7 @@ def render_model_card(
         default_beta=getattr(model_config, "beta", 1.0) if model_config is not None else 1.0,
         results_markdown=result.to_markdown() if result is not None else None,
         robustbench=robustbench_summary(result) if result is not None else "",
-        threat_model=describe_threat_model(threat) if threat else None,
+        threat_model="; ".join(threats) if threats else None,
         selection=result.selection if result is not None else {},
         plots=[(p, _plot_title(p)) for p in inputs.plots],
         paper=reference,

@@ -5,7 +5,8 @@
 
 Launch::
 
-    # Clean accuracy of 11 soups and ensembles + PGD-40 on the first 1000 examples (the defaults), on a saved run.
+    # Clean accuracy of 11 soups and ensembles + robust accuracy with the `report` attack (PGD-40 + MultiTargeted)
+    # on the first 1000 examples (the defaults), on a saved run.
     python scripts/evaluate_soups.py --model_name_or_path runs/digits --datasets digits --output_dir runs/digits/soups
 
     # Several data sets (Table 3's best soup by mean accuracy), AutoAttack, extrapolation, the 2-D landscape

@@ -7,7 +7,9 @@ doubled (un)normalization shows up as a 2x error in epsilon.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import itertools
 
 import pytest
 import torch
@@ -27,7 +29,7 @@ from hf_advsoup.attacks import (
 HALF = Normalization(mean=(0.5,), std=(0.5,))
 HALF_RGB = Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-GRADIENT_PRESETS = ["pgd2", "pgd5", "fast_at", "nfgsm", "l2_pgd", "targeted", "pyramid", "pgd40"]
+GRADIENT_PRESETS = ["pgd2", "pgd5", "fast_at", "nfgsm", "l2_pgd", "targeted", "pyramid", "pgd40", "report"]
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -133,13 +135,17 @@ def test_presets_match_the_paper():
     assert nfgsm.step_size == pytest.approx(0.75 * 4 / 255)
     assert AttackConfig.from_preset("fast_at").step_size == pytest.approx(4 / 255)
     pgd40 = AttackConfig.from_preset("pgd40")
-    assert (pgd40.steps, pgd40.step_size, pgd40.lr_decay_steps, pgd40.keep_best) == (40, 0.1, [20, 30], True)
+    assert (pgd40.steps, pgd40.step_size, pgd40.effective_lr_decay_steps, pgd40.keep_best) == (40, 0.1, [20, 30],
+                                                                                               True)
     pyramid = AttackConfig.from_preset("pyramid")
     assert (pyramid.pyramid_scales, pyramid.pyramid_multipliers) == ([32, 16, 1], [20.0, 10.0, 1.0])
     assert AttackConfig.from_preset("targeted").targeted
     assert AttackConfig.from_preset("l2_pgd").norm == "l2"
+    report = AttackConfig.from_preset("report")
+    assert (report.name, report.steps, report.loss, report.target_classes) == ("pgd40", 40, "ce", 9)
+    assert report.label == "PGD-40 (Adam) + MT-9 linf eps=4/255"
     assert set(PRESETS) == {"pgd2", "pgd5", "fast_at", "nfgsm", "l2_pgd", "targeted", "pyramid", "pgd40",
-                            "autoattack"}
+                            "report", "autoattack"}
 
 
 def test_from_preset_rescales_step_with_epsilon():
@@ -148,6 +154,40 @@ def test_from_preset_rescales_step_with_epsilon():
     assert AttackConfig.from_preset("targeted", epsilon="8/255", step_size="1/255").step_size == pytest.approx(1 / 255)
     assert AttackConfig.from_preset("pgd40", epsilon="8/255").step_size == 0.1  # Adam learning rate: kept
     assert AttackConfig.from_preset("pgd2", name="fgsm", steps=1).name == "fgsm"
+
+
+def test_pgd40_step_override_rescales_decay_points_and_label():
+    """The paper's schedule (step 0.1, /10 at steps 20 and 30 of 40) keeps its shape at any step count, and every
+    name of the attack states the steps that run."""
+    pgd20 = AttackConfig.from_preset("pgd40", steps=20)
+    assert pgd20.effective_lr_decay_steps == [10, 15]
+    assert AttackConfig.from_preset("pgd40", steps=10).effective_lr_decay_steps == [5, 7]
+    assert AttackConfig.from_preset("pgd40", steps=1).effective_lr_decay_steps == []
+    assert AttackConfig.from_preset("pgd40", steps=20, lr_decay_steps=[5]).effective_lr_decay_steps == [5]
+    assert pgd20.label == "PGD-20 (Adam) linf eps=4/255" and "40" not in pgd20.label
+    assert pgd20.description.startswith("PGD-20 (Adam): 20 steps of Adam") and "steps 10 and 15" in pgd20.description
+    assert AttackConfig.from_preset("pgd40").label == "PGD-40 (Adam) linf eps=4/255"
+    assert AttackConfig.from_preset("pgd2", steps=3).label == "PGD-3 linf eps=4/255"
+    assert AttackConfig.from_preset("pgd40", epsilon=0.1).label.endswith("eps=0.1")  # not "25.5/255"
+    # dataclasses.replace keeps the scaled schedule too (the decay points are derived, not stored).
+    assert dataclasses.replace(AttackConfig.from_preset("pgd40"), steps=20).effective_lr_decay_steps == [10, 15]
+
+
+def test_pgd40_runs_the_rescaled_step_size_schedule():
+    """The Adam step sizes actually taken: on a two-class linear model with the margin loss the input gradient is
+    constant, so each Adam update has magnitude 1 per coordinate and the iterates move by exactly the step size."""
+    torch.manual_seed(0)
+    model = LinearTwoClass(torch.randn(16), bias=0.0)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    images = torch.full((2, 1, 4, 4), 0.5)  # far from the box; the ball (0.3) never binds: total < 0.11
+    config = AttackConfig.from_preset("pgd40", steps=20, step_size=0.01, loss="margin", random_start=False,
+                                      epsilon=0.3)
+    attack(model, HALF.to_model(images), torch.tensor([0, 1]), config, normalization=HALF)
+    moves = [(HALF.to_pixels(b) - HALF.to_pixels(a)).abs().amax().item() for a, b in itertools.pairwise(seen)]
+    assert len(moves) == 20  # 20 steps and the final forward of the best iterate
+    expected = [0.01] * 10 + [0.001] * 5 + [0.0001] * 5  # decayed 10x at steps 10 and 15 (of 20)
+    assert moves == pytest.approx(expected, rel=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -167,6 +207,10 @@ def test_from_preset_rescales_step_with_epsilon():
         (dict(name="autoattack", autoattack_version="custom"), "autoattack_attacks"),
         (dict(name="autoattack", autoattack_version="custom", autoattack_attacks=["mt"]), "apgd-ce"),
         (dict(step_size=-0.1), "step_size"),
+        (dict(name="pgd40", steps=20, lr_decay_steps=[20, 30]), "lr_decay_steps=None"),
+        (dict(name="fgsm", steps=1, target_classes=3), "target_classes"),
+        (dict(targeted=True, target_classes=3), "untargeted"),
+        (dict(target_classes=-1), "target_classes"),
     ],
 )
 def test_config_errors_name_valid_options(kwargs, match):
@@ -259,7 +303,7 @@ def test_perturbation_in_eps_ball_and_image_in_unit_box(preset, normalization):
     # ...and the attack did move the input (a no-op would pass the bound trivially).
     assert size >= 0.5 * min(bound, 1.0)
     # A 2*eps bug (normalized-space eps with std 0.5) would exceed the bound; a eps/2 bug would fail this:
-    if preset in ("pgd2", "fast_at", "targeted", "pgd40"):
+    if preset in ("pgd2", "fast_at", "targeted", "pgd40", "report"):
         assert size >= 0.99 * eps
 
 
@@ -603,6 +647,72 @@ def test_pgd40_at_least_as_strong_as_apgd_ce(mlp, test_set):
     ours = attack(mlp, pixel_values, labels, AttackConfig.from_preset("pgd40", epsilon=eps), normalization=HALF,
                   generator=seeded())
     assert accuracy(mlp, ours, labels) <= reference_accuracy
+
+
+class _SaturatedLogits(nn.Module):
+    """A trained classifier with its logits multiplied by 1000: the same decisions, but cross-entropy saturates (the
+    softmax of every other class underflows to 0 in fp32), so its input gradient vanishes on every confidently
+    classified example and CE-driven PGD stalls there, while margin and DLR losses are scale-free. A model where the
+    paper's PGD-40 and AutoAttack's APGD-CE + APGD-T disagree by construction."""
+
+    def __init__(self, model: nn.Module, scale: float = 1000.0):
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values) * self.scale
+
+
+def test_report_attack_is_no_weaker_than_apgd_ce_plus_apgd_t(mlp, test_set):
+    if importlib.util.find_spec("pyautoattack") is None:
+        pytest.skip("pyautoattack is not installed (optional): pip install --no-deps pyautoattack==0.2.0")
+    model = _SaturatedLogits(mlp)
+    pixel_values, labels = test_set[0][:40], test_set[1][:40]
+    eps = "8/255"
+    reference = AttackConfig.from_preset("autoattack", epsilon=eps, autoattack_version="custom",
+                                         autoattack_attacks=["apgd-ce", "apgd-t"])
+    results = {
+        name: accuracy(model, attack(model, pixel_values, labels, config, normalization=HALF, generator=seeded()),
+                       labels)
+        for name, config in [("apgd", reference), ("pgd40", AttackConfig.from_preset("pgd40", epsilon=eps)),
+                             ("report", AttackConfig.from_preset("report", epsilon=eps))]
+    }
+    assert results["apgd"] < accuracy(model, pixel_values, labels) - 0.05  # the reference does break examples
+    assert results["pgd40"] >= results["apgd"] + 0.05, results  # the gap exists: CE-driven PGD-40 stalls
+    assert results["report"] <= results["apgd"], results  # ...and the reported attack closes it
+
+
+def test_multitargeted_stage_only_adds_successes(mlp, test_set):
+    """``report`` = ``pgd40`` + MultiTargeted: with the same generator its first stage is PGD-40 itself, so it breaks
+    every example PGD-40 breaks, and the targeted runs go only to the examples still classified correctly."""
+    pixel_values, labels = test_set
+    eps = "16/255"
+    pgd40 = attack(mlp, pixel_values, labels, AttackConfig.from_preset("pgd40", epsilon=eps), normalization=HALF,
+                   generator=seeded())
+    counted = _Counting(mlp)
+    report = attack(counted, pixel_values, labels, AttackConfig.from_preset("report", epsilon=eps),
+                    normalization=HALF, generator=seeded())
+    with torch.no_grad():
+        broken_pgd = mlp(pgd40).argmax(-1) != labels
+        broken_report = mlp(report).argmax(-1) != labels
+    assert not (broken_pgd & ~broken_report).any()
+    assert broken_report.sum() > broken_pgd.sum()  # the targeted stage found more on this model
+    survivors = int((~broken_pgd).sum())
+    # PGD-40 (40 steps + last iterate) on all, one forward to rank targets, at most 9 x 41 on the survivors.
+    assert counted.rows <= len(labels) * 42 + 9 * 41 * survivors
+    assert (HALF.to_pixels(report) - HALF.to_pixels(pixel_values)).abs().max() <= 16 / 255 + 1e-6
+
+
+class _Counting(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.rows = 0
+
+    def forward(self, pixel_values):
+        self.rows += pixel_values.shape[0]
+        return self.model(pixel_values)
 
 
 class _PixelModel(nn.Module):

@@ -138,15 +138,46 @@ def test_bad_inputs_get_clear_errors(trained):
 
 def test_report_is_json_ready_and_labels_are_unique(trained):
     model, inputs, labels = trained
-    attacks = [AttackConfig.from_preset("pgd2"), AttackConfig.from_preset("pgd2", steps=3)]
+    attacks = [AttackConfig.from_preset("pgd2"), AttackConfig.from_preset("pgd2", steps=3),
+               AttackConfig.from_preset("pgd2", steps=3)]
     result = evaluate_robustness(model, inputs[:40], labels[:40], attacks, normalization=HALF,
                                  forward_kwargs={"beta": torch.tensor(0.5)}, show_progress=False)
-    assert list(result.attack_correct) == ["pgd linf eps=4/255", "pgd linf eps=4/255 #2"]
+    assert list(result.attack_correct) == ["PGD-2 linf eps=4/255", "PGD-3 linf eps=4/255", "PGD-3 linf eps=4/255 #2"]
     payload = json.loads(json.dumps(result.to_dict(per_example=True)))
     assert payload["num_examples"] == 40 and len(payload["worst_case_correct"]) == 40
     assert payload["attacks"][1]["config"]["steps"] == 3
     table = result.format_table()
-    assert "pgd linf eps=4/255 #2" in table and "worst case" in table
+    assert "PGD-3 linf eps=4/255 #2" in table and "worst case" in table
+
+
+def test_report_names_the_attack_as_run(trained):
+    """A PGD-40 cut to 20 steps (monitoring) is reported as PGD-20 with the decay points it used (10 and 15)."""
+    model, inputs, labels = trained
+    result = evaluate_robustness(model, inputs[:30], labels[:30], [AttackConfig.from_preset("pgd40", steps=20)],
+                                 normalization=HALF, show_progress=False)
+    info = result.attacks[0]
+    assert info["label"] == "PGD-20 (Adam) linf eps=4/255" and info["attack_name"] == "PGD-20 (Adam)"
+    assert info["steps"] == 20 and info["lr_decay_steps"] == [10, 15]
+    assert "decayed 10x at steps 10 and 15" in info["description"]
+    assert info["forward_passes_per_example"] == 21.0
+    assert "PGD-20 (Adam)" in result.format_table() and "PGD-40" not in result.format_table()
+
+
+def test_report_preset_is_no_weaker_than_pgd40_per_example(trained):
+    model, inputs, labels = trained
+    pgd40, report = (
+        evaluate_robustness(model, inputs, labels, [AttackConfig.from_preset(name, epsilon="16/255")],
+                            normalization=HALF, forward_kwargs={"beta": 0.0}, seed=0, show_progress=False)
+        for name in ("pgd40", "report")
+    )
+    # Same seed: the report's first stage is PGD-40 itself, and its targeted stage only adds successes.
+    assert not (report.worst_case_correct & ~pgd40.worst_case_correct).any()
+    assert report.robust_accuracy < pgd40.robust_accuracy < report.clean_accuracy
+    info = report.attacks[0]
+    assert info["target_classes"] == 9 and "MultiTargeted" in info["description"]
+    # The targeted runs go to the survivors only, and stop at an example's first success: below 10 x PGD-40's cost.
+    survivors = pgd40.robust_accuracy / pgd40.clean_accuracy
+    assert 41 < info["forward_passes_per_example"] < 42 + 9 * 41 * survivors
 
 
 def test_model_state_is_restored_and_probability_outputs_warn(trained, caplog):

@@ -107,6 +107,31 @@ def test_card_text_has_usage_summary_paper_numbers_and_training_details():
     assert "\n\n\n" not in text
 
 
+def test_card_names_the_attack_behind_every_robust_number():
+    """With a threat model made from the attack config (as evaluate_soups makes it), the card's summary names the
+    attack as run and states every setting; the model-index says it too (a PGD-40 cut to 20 steps is PGD-20)."""
+    from hf_advsoup.attacks import AttackConfig
+    from hf_advsoup.soups import threat_model_of
+
+    result = make_result()
+    report = threat_model_of(AttackConfig.from_preset("report", epsilon=0.1), "report")
+    pgd20 = threat_model_of(AttackConfig.from_preset("pgd40", steps=20, epsilon=0.1), "pgd40")
+    for r in result.records:
+        if r.threat_model is not None:
+            r.threat_model = report if r.family == "soup" else pgd20
+    text = str(render_model_card(inputs(), result, AdvSoupViTConfig(**TINY)))
+    summary = text.split("Summary (RobustBench style)")[1].split("###")[0]
+    assert "| soup beta=0 (robust mode) | Linf | 0.1 | 60.00 | 50.00 | PGD-40 (Adam) + MT-9 |" in summary
+    assert "Attack behind every robust number: PGD-40 (Adam) + MT-9: 40 steps of Adam" in summary
+    assert "PGD-20 (Adam): 20 steps of Adam on the perturbation, step 0.1, decayed 10x at steps 10 and 15" in summary
+    robust = {(r.metric_args["family"], r.metric_args["beta"]): r for r in build_eval_results(result)
+              if r.metric_args["mode"] == "robust"}
+    assert robust[("ensemble", 0.5)].metric_args["attack_name"] == "PGD-20 (Adam)"
+    assert "PGD-20 (Adam)" in robust[("ensemble", 0.5)].metric_name
+    assert "steps=20" in robust[("ensemble", 0.5)].metric_config
+    assert robust[("soup", 0.0)].metric_name.endswith("(PGD-40 (Adam) + MT-9, linf, eps 0.1)")
+
+
 def test_card_without_results_or_paper_numbers():
     card = render_model_card(inputs(paper_reference="digits-tiny", training_arguments=None, plots=[]), None)
     text = str(card)

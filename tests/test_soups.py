@@ -206,6 +206,37 @@ def test_evaluate_soups_json_carries_every_setting(tmp_path):
     assert "| 1.05 |" in markdown
 
 
+def test_every_number_names_the_attack_that_produced_it(tmp_path):
+    """Robust numbers come from the `report` preset by default; a step override is named as run (PGD-2, not
+    PGD-40) with its rescaled decay points, in the JSON, the CSV and the markdown."""
+    assert SoupEvaluationArguments().attack == "report"
+    model = make_model()
+    x, y = make_data(model, n=8)
+    args = SoupEvaluationArguments(betas=[0.0, 1.0], ensembles=False, attack="report", attack_steps=2,
+                                   batch_size=8, progress=False)
+    result = evaluate_soups(model, {"toy": (x, y)}, args, normalization=NORM)
+    threat = result.settings["threat_model"]
+    assert threat["attack"] == "report" and threat["name"] == "PGD-2 (Adam) + MT-9" and threat["steps"] == 2
+    assert threat["lr_decay_steps"] == [1] and threat["target_classes"] == 9
+    assert "MultiTargeted" in threat["description"] and "decayed 10x at step 1" in threat["description"]
+    paths = result.save(tmp_path)
+    markdown = paths["markdown"].read_text()
+    assert "Robust accuracy: PGD-2 (Adam) + MT-9: 2 steps of Adam" in markdown and "PGD-40" not in markdown
+    header = paths["csv"].read_text().splitlines()[0]
+    assert header.endswith(",attack,steps,attack_name")
+    robust_row = next(line for line in paths["csv"].read_text().splitlines() if "robust_accuracy" in line)
+    assert robust_row.endswith(",report,2,PGD-2 (Adam) + MT-9")
+
+
+def test_attack_overrides_are_named_and_validated():
+    from hf_advsoup.soups import build_attack
+
+    assert build_attack("report", target_classes=5, steps=20).short_name == "PGD-20 (Adam) + MT-5"
+    assert build_attack("report", target_classes=0).short_name == "PGD-40 (Adam)"
+    with pytest.raises(ValueError, match="target_classes"):  # at parse time, before any sweep
+        SoupEvaluationArguments(attack="fast_at", attack_target_classes=3)
+
+
 def test_arguments_are_validated():
     with pytest.raises(ValueError, match="did you mean 0.8"):
         SoupEvaluationArguments(min_clean_accuracy=80)
