@@ -348,7 +348,7 @@ class CoTrainingArguments(TrainingArguments):
                             "al.'s l_inf sign step only")
         if self.train_attack_targeted:
             problems.append("train_attack_targeted: free co-training ascends the training loss itself (untargeted)")
-        if self.train_attack_random_start is not None:
+        if self.train_attack_random_start:
             problems.append("train_attack_random_start: a free perturbation's start is free_start "
                             "('carry', 'zero' or 'random')")
         strategy = str(getattr(self.train_sampling_strategy, "value", self.train_sampling_strategy))
