@@ -13,7 +13,10 @@ Each run is ``scripts/cotrain.py``'s ``main()`` with the same small recipe (``RE
 - ``free_zero``: the same with ``free_start=zero`` (each minibatch's perturbation starts at zero);
 - ``free_time``: free co-training for ``epochs x (PGD-2 training time / free training time)`` epochs, i.e. the
   training time of ``pgd2`` (computed from the two runs above, measured in this process: CPU seconds of training,
-  since the machine is shared and wall-clock time depends on other jobs).
+  since the machine is shared and wall-clock time depends on other jobs);
+- ``free2_time``: the same time budget with 2 replays per minibatch (twice the passes over the data, half the
+  perturbation steps per minibatch);
+- ``free_half_time``: the same time budget, 4 replays, sign step eps / 2 (0.05) instead of eps.
 
 Every trained model (EMA weights, as saved) is then evaluated on the same Fashion-MNIST test images: clean-mode
 (``beta=1``) clean accuracy on all 10,000, and robust-mode (``beta=0``) robust accuracy on the first
@@ -44,7 +47,7 @@ RECIPE = [
     "--train_epsilon", "0.1", "--eval_epsilon", "0.1", "--robust_eval_samples", "0", "--eval_strategy", "no",
     "--save_strategy", "no", "--logging_steps", "50", "--per_device_train_batch_size", "64",
     "--base_learning_rate", "1e-2", "--warmup_epochs", "1", "--weight_decay", "0.05", "--ema_decay", "0.99",
-    "--alpha", "0.5", "--seed", "0", "--disable_tqdm", "true", "--report_to", "none",
+    "--alpha", "0.5", "--disable_tqdm", "true", "--report_to", "none",
 ]
 """The shared recipe: ``scripts/cotrain.py``'s embedded digits defaults (lr, warm-up, EMA, weight decay) on
 Fashion-MNIST at 16x16 px, no random crops (28 px clothing images lose too much at 16 px), flips on, eps 0.1."""
@@ -54,6 +57,9 @@ RUNS = {
     "free": ["--train_attack", "free", "--free_replays", "4", "--free_start", "carry"],
     "free_zero": ["--train_attack", "free", "--free_replays", "4", "--free_start", "zero"],
     "free_time": ["--train_attack", "free", "--free_replays", "4", "--free_start", "carry"],
+    "free2_time": ["--train_attack", "free", "--free_replays", "2", "--free_start", "carry"],
+    "free_half_time": ["--train_attack", "free", "--free_replays", "4", "--free_start", "carry",
+                       "--train_attack_step_size", "0.05"],
 }
 
 
@@ -64,6 +70,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--train_samples", type=int, default=12000, help="Seeded subset of the training images.")
     parser.add_argument("--robust_samples", type=int, default=500, help="Test images attacked (the first ones).")
     parser.add_argument("--runs", default="pgd2,free,free_zero,free_time", help="Comma-separated runs, in order.")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Training seed (model initialisation, data order, attack randomness). Runs of another "
+                        "seed than 0 are named <run>_s<seed>; the training subset stays the same.")
     parser.add_argument("--table", action="store_true", help="Only print the table of results.jsonl.")
     return parser.parse_args()
 
@@ -190,23 +199,26 @@ def main() -> None:
     done = {}
     if results_path.exists():
         done = {row["name"]: row for row in map(json.loads, results_path.read_text().splitlines()) if row}
-    for name in args.runs.split(","):
+    suffix = f"_s{args.seed}" if args.seed else ""
+    names = [name + suffix for name in args.runs.split(",")]
+    for run, name in zip(args.runs.split(","), names):
         if name in done:
             continue
         epochs = args.epochs
-        if name == "free_time":
-            pgd2, free = done["pgd2"], done["free"]
+        if run.endswith("_time"):
+            pgd2, free = done["pgd2" + suffix], done["free" + suffix]
             epochs = round(args.epochs * pgd2["train_cpu_s"] / free["train_cpu_s"], 1)
         folder = str(Path(args.output_dir) / name)
-        argv = [*RECIPE, *RUNS[name], "--num_train_epochs", str(epochs), "--max_train_samples",
-                str(args.train_samples), "--output_dir", folder, "--overwrite_output_dir", "true"]
+        argv = [*RECIPE, *RUNS[run], "--num_train_epochs", str(epochs), "--max_train_samples",
+                str(args.train_samples), "--seed", str(args.seed), "--output_dir", folder,
+                "--overwrite_output_dir", "true"]
         row = {**train(cotrain, name, argv), "epochs": epochs, "robust_samples": args.robust_samples, "argv": argv}
         row.update(robust_accuracies(folder, args.robust_samples))
         done[name] = row
         with results_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps({k: v for k, v in row.items() if k != "argv"}), flush=True)
-    print(table([done[name] for name in args.runs.split(",") if name in done]))
+    print(table([done[name] for name in names if name in done]))
 
 
 if __name__ == "__main__":

@@ -778,7 +778,7 @@ class CoTrainer(Trainer):
         the saved one when resuming inside the minibatch's replays, else ``free_start`` (``carry``: the previous
         minibatch's, ``zero``, or ``random`` in the eps-ball), projected onto the ball and the new images' box."""
         generator = step_generator(self.args.seed, first_step, micro, self.args.process_index, pixel_values.device)
-        augmented, soft_labels, targets = self._augmented(pixel_values, labels, generator)
+        augmented, _, targets = self._augmented(pixel_values, labels, generator)
         images = self.normalization.to_pixels(augmented).clamp(0.0, 1.0)
         config = self.train_attack
         bounds = linf_bounds(images, config.epsilon)
@@ -788,9 +788,9 @@ class CoTrainer(Trainer):
         elif replay > 0:
             logger.warning(
                 "Free co-training resumed at replay %d of the minibatch that began at step %d without its saved "
-                "perturbation (the checkpoint has no %s for this process): it restarts from zero, so this run no "
-                "longer repeats the uninterrupted one exactly.", replay, first_step,
-                os.path.basename(free_state_file("", self.args.process_index, self.args.world_size)))
+                "perturbation (the checkpoint holds no free_perturbation file for process %d): it restarts from zero, "
+                "so this run no longer repeats the uninterrupted one exactly.", replay, first_step,
+                self.args.process_index)
             delta = torch.zeros_like(images)
         elif self.args.free_start == "carry" and previous is not None and previous.delta.shape == images.shape:
             delta = previous.delta
