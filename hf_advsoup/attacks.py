@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import re
@@ -537,10 +538,7 @@ class Normalization:
                 f"Normalization has {len(self.mean)} means / {len(self.std)} stds but the images have {channels} "
                 "channels."
             )
-        shape = (1, -1) + (1,) * max(reference.dim() - 2, 0)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=reference.device).view(shape)
-        std = torch.tensor(self.std, dtype=torch.float32, device=reference.device).view(shape)
-        return mean, std
+        return _stats_tensors(self.mean, self.std, reference.device, max(reference.dim() - 2, 0))
 
     def to_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Normalized model inputs -> [0, 1] images (fp32)."""
@@ -551,6 +549,17 @@ class Normalization:
         """[0, 1] images -> normalized model inputs (fp32)."""
         mean, std = self._stats(images01)
         return (images01.float() - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_tensors(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                   spatial_dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as fp32 tensors of shape ``(1, C, 1, ...)`` on ``device``, made once per device: building
+    a tensor from Python numbers on a GPU is a blocking copy (a host synchronisation), which every training step would
+    otherwise pay. The tensors are shared: never modify them in place."""
+    shape = (1, -1) + (1,) * spatial_dims
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(shape),
+            torch.tensor(std, dtype=torch.float32, device=device).view(shape))
 
 
 # ----------------------------------------------------------------------------------------------------- model access
@@ -642,6 +651,49 @@ def _margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return others.amax(dim=1) - true
 
 
+# ----------------------------------------------------------------------------------------------------- l_inf steps
+def linf_bounds(images01: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise bounds ``(lower, upper)`` on a pixel-space perturbation ``delta`` of the [0, 1] images
+    ``images01``: ``|delta| <= epsilon`` (the l_inf ball; ``float("inf")`` for the box alone) and ``images01 + delta``
+    in [0, 1]. Clamping to them is the exact projection onto the intersection of the ball and the box.
+
+    Shapes: ``images01`` (batch, C, H, W), fp32; both bounds have its shape. Computed once per batch, they make every
+    projection one ``torch.clamp``.
+    """
+    return (-images01).clamp_min(-epsilon), (1.0 - images01).clamp_max(epsilon)
+
+
+def linf_sign_step(delta: torch.Tensor, grad: torch.Tensor, step_size: float,
+                   bounds: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """One l_inf ascent step on a pixel-space perturbation: ``clamp(delta + step_size * sign(grad), *bounds)``.
+
+    ``bounds`` come from :func:`linf_bounds`; ``step_size`` is in [0, 1] pixel units. ``delta`` (fp32) is updated in
+    place and returned; ``grad`` is overwritten with its sign (the caller's gradient buffer is not needed again).
+    Used by the PGD core and by free co-training (:class:`hf_advsoup.trainer.CoTrainer`), so both take the same step.
+    """
+    delta = delta.add_(grad.sign_(), alpha=step_size)
+    return torch.clamp(delta, bounds[0], bounds[1])
+
+
+def pixel_range_excess(images01: torch.Tensor) -> torch.Tensor:
+    """How far images recovered from normalized inputs leave [0, 1]: ``max(0, -min, max - 1)``, a 0-d fp32 tensor on
+    the images' device (no host synchronisation). Float round-off gives ~1e-6; more than ``1e-3`` means the
+    normalization does not match the inputs, which would silently mis-scale epsilon."""
+    if images01.numel() == 0:
+        return images01.new_zeros((), dtype=torch.float32)
+    low, high = torch.aminmax(images01.detach().float())
+    return torch.clamp(torch.maximum(-low, high - 1.0), min=0.0)
+
+
+def check_pixel_range(excess: float, normalization: "Normalization", where: str = "pixel_values") -> None:
+    """Raise the error for a :func:`pixel_range_excess` above the round-off tolerance (``1e-3``)."""
+    if excess > _RANGE_TOLERANCE:
+        raise ValueError(
+            f"{where} map to images up to {excess:.3f} outside [0, 1] with {normalization}: the normalization does "
+            "not match how the inputs were made (use Normalization.from_processor(processor))."
+        )
+
+
 # ----------------------------------------------------------------------------------------------------- the core
 def attack(
     model: nn.Module,
@@ -653,6 +705,7 @@ def attack(
     forward_kwargs: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
     targets: torch.Tensor | None = None,
+    validate_range: bool = True,
 ) -> torch.Tensor:
     """Adversarial examples for ``model`` under the threat model ``config``.
 
@@ -666,6 +719,10 @@ def attack(
         forward_kwargs: extra model arguments, e.g. ``{"beta": 0.0}`` to attack the robust mode of a soup model.
         generator: source of all randomness (random start, random targets, AutoAttack's seed).
         targets: target classes for ``config.targeted`` (default: a random class other than the label).
+        validate_range: check that ``pixel_values`` map to images in [0, 1] under ``normalization`` (a wrong
+            processor would mis-scale epsilon) and raise a ``ValueError`` otherwise. The check reads two numbers
+            back from the device (a host synchronisation); a caller that wants none, such as the trainer's step,
+            passes False and checks :func:`pixel_range_excess` itself, later.
 
     Returns:
         Detached normalized adversarial ``pixel_values`` (same shape, dtype and device as the input). In pixel space
@@ -689,12 +746,13 @@ def attack(
     pixel_values32 = pixel_values.detach().float().clone()
     labels = labels.detach().to(pixel_values.device).long()
     images = normalization.to_pixels(pixel_values32)
-    low, high = images.min().item(), images.max().item()
-    if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
-        raise ValueError(
-            f"pixel_values map to images in [{low:.3f}, {high:.3f}] with {normalization}, not [0, 1]: the "
-            "normalization does not match how the inputs were made (use Normalization.from_processor(processor))."
-        )
+    if validate_range:
+        low, high = images.min().item(), images.max().item()
+        if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+            raise ValueError(
+                f"pixel_values map to images in [{low:.3f}, {high:.3f}] with {normalization}, not [0, 1]: the "
+                "normalization does not match how the inputs were made (use Normalization.from_processor(processor))."
+            )
     images = images.clamp(0.0, 1.0)
 
     with attack_mode(model), torch.enable_grad():
@@ -817,15 +875,17 @@ class _Runner:
         clamp against bounds computed once per call.
         """
         if self.config.norm == "linf" or not ball:
-            key = "ball" if ball else "box"
-            if key not in self._bounds:
-                eps = self.config.epsilon if ball else float("inf")
-                self._bounds[key] = ((-self.images).clamp_min(-eps), (1.0 - self.images).clamp_max(eps))
-            lower, upper = self._bounds[key]
+            lower, upper = self._linf_bounds(ball)
             return torch.clamp(delta, lower, upper)
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
         delta = delta * self._view((self.config.epsilon / norms).clamp(max=1.0))
         return (self.images + delta).clamp(0.0, 1.0) - self.images
+
+    def _linf_bounds(self, ball: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        key = "ball" if ball else "box"
+        if key not in self._bounds:
+            self._bounds[key] = linf_bounds(self.images, self.config.epsilon if ball else float("inf"))
+        return self._bounds[key]
 
     def _random_start(self, radius: float) -> torch.Tensor:
         if self.config.norm == "linf":
@@ -836,8 +896,7 @@ class _Runner:
         return direction * self._view(scale * radius)
 
     def _ascent_direction(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.config.norm == "linf":
-            return grad.sign_()  # the gradient is ours alone: in place saves a pass over memory
+        """The l_2 steepest-ascent direction (l_inf steps go through :func:`linf_sign_step`)."""
         return grad / self._view(grad.flatten(1).norm(dim=1).clamp_min(1e-12))
 
     # -- the attacks
@@ -891,10 +950,11 @@ class _Runner:
                 v_hat = second_moment / (1 - beta2 ** (t + 1))
                 # Adam epsilon 1e-9 as in the authors' (DeepMind) attack code; the update is per coordinate.
                 update = m_hat / (v_hat.sqrt() + 1e-9)
-                delta = delta + lr * update
+                delta = self._project(delta + lr * update, ball=project_ball)
+            elif config.norm == "linf":
+                delta = linf_sign_step(delta, grad, step, self._linf_bounds(project_ball))
             else:
-                delta = delta.add_(self._ascent_direction(grad), alpha=step)
-            delta = self._project(delta, ball=project_ball)
+                delta = self._project(delta.add_(self._ascent_direction(grad), alpha=step), ball=project_ball)
         if track:
             with torch.no_grad():
                 logits = self._forward(delta)
@@ -1019,8 +1079,12 @@ __all__ = [
     "attack",
     "attack_mode",
     "attack_objective",
+    "check_pixel_range",
     "format_epsilon",
+    "linf_bounds",
+    "linf_sign_step",
     "logits_of",
     "parse_epsilon",
+    "pixel_range_excess",
     "random_target_labels",
 ]

@@ -10,6 +10,14 @@ Differences from :class:`~transformers.Trainer`:
   through **one** batched forward of the wrapped (DDP) model with a per-sample ``beta`` (1 for the clean half, 0 for
   the adversarial half). ``alpha=1`` computes no attack, ``alpha=0`` runs no clean forward. The loss is a per-batch
   mean, divided by the Trainer for gradient accumulation (``model_accepts_loss_kwargs = False``).
+- **Free co-training** (``train_attack="free"``, Shafahi et al. 2019): each minibatch is replayed ``free_replays``
+  times by the data loader (:class:`~hf_advsoup.free_training.FreeReplaySampler`); each replay is one Eq. 2 step on
+  ``[clean, clean + delta]`` whose backward also gives the gradient of ``delta`` (a pixel-space leaf), which then
+  takes a sign step in :meth:`CoTrainer.training_step`. ``num_train_epochs`` keeps counting the optimizer steps of a
+  normal run. The perturbations are saved in checkpoints for exact resume.
+- **No host synchronisation per step**: loss terms, the finiteness check, the input range and label checks
+  accumulate on the device (:class:`StepChecks`) and are read at logging steps, saves and evaluations; a non-finite
+  loss stops the run at the first of those after it, before anything is checkpointed.
 - **Batch augmentation**: an optional ``batch_augmenter`` (:class:`hf_advsoup.augmentation.BatchAugmenter`:
   RandAugment, mixup, CutMix) runs on ``[0, 1]`` pixels before the attack, so the attack sees the augmented images.
 - **Randomness**: augmentation and attack draw from a ``torch.Generator`` seeded by ``(seed, optimizer step,
@@ -27,7 +35,8 @@ Differences from :class:`~transformers.Trainer`:
   plus ``eval_robust_mode_clean_accuracy`` on the same subset. :class:`CatastrophicOverfittingCallback` warns when
   robust accuracy collapses (Figures 6 and 10: one-step attacks, fully shared model) and can stop the run and
   restore the last good checkpoint.
-- **Safety**: a non-finite loss raises :class:`NonFiniteLossError` on every process (no silent skipping).
+- **Safety**: a non-finite loss raises :class:`NonFiniteLossError` on every process (no silent skipping), at the
+  next log, save or evaluation.
 - **Weight decay** follows MAE: none on biases, LayerNorms, classification tokens and position embeddings; both
   copies of an adapter always get the same treatment.
 """
@@ -43,14 +52,18 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.data_loader import SeedableRandomSampler
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import IterableDataset, RandomSampler
 from transformers import PreTrainedModel, Trainer, TrainerCallback, get_scheduler
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction, has_length
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from .attacks import Normalization, attack
+from .attacks import Normalization, attack, check_pixel_range, linf_bounds, linf_sign_step, pixel_range_excess
+from .free_training import FreeBatch, FreeReplaySampler, free_state_file, load_free_state, save_free_state
+from .modeling_advsoup import SoupWeights
 from .training_args import CoTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -151,16 +164,22 @@ def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: st
 
 
 # ------------------------------------------------------------------------------------------------ loss (Eq. 2)
-def smoothed_targets(labels: torch.Tensor, num_labels: int, smoothing: float = 0.0) -> torch.Tensor:
+def smoothed_targets(labels: torch.Tensor, num_labels: int, smoothing: float = 0.0,
+                     validate: bool = True) -> torch.Tensor:
     """Probability targets of shape ``(batch, num_labels)`` (fp32): ``(1 - smoothing) * y + smoothing / num_labels``.
 
     ``labels`` are class indices ``(batch,)`` or soft targets ``(batch, num_labels)`` (mixup/CutMix). Equal to the
-    label smoothing of :class:`~transformers.trainer_pt_utils.LabelSmoother` for hard labels.
+    label smoothing of :class:`~transformers.trainer_pt_utils.LabelSmoother` for hard labels. ``validate`` checks
+    that class indices lie in ``[0, num_labels)`` (a ``ValueError`` otherwise), which reads them back from the
+    device; without it, indices are clamped into range and the caller checks them (``CoTrainer`` does, at its next
+    log: :meth:`StepChecks.record_labels`).
     """
     if labels.is_floating_point() and labels.dim() == 2:
         if labels.shape[1] != num_labels:
             raise ValueError(f"Soft labels have {labels.shape[1]} classes but the model has {num_labels}.")
         targets = labels.float()
+    elif labels.dim() == 1 and not validate:
+        targets = F.one_hot(labels.long().clamp(0, num_labels - 1), num_labels).float()
     elif labels.dim() == 1:
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
             raise ValueError(
@@ -359,7 +378,8 @@ class CatastrophicOverfittingCallback(TrainerCallback):
     """
 
     def __init__(self, drop: float = 0.5, min_best: float = 0.05, stop: bool = False,
-                 metric: str = "eval_robust_accuracy", num_labels: int | None = None):
+                 metric: str = "eval_robust_accuracy", num_labels: int | None = None, cause: str | None = None):
+        self.cause = cause
         self.drop = drop
         self.min_best = max(min_best, 2.0 / num_labels) if num_labels else min_best
         self.stop = stop
@@ -390,8 +410,9 @@ class CatastrophicOverfittingCallback(TrainerCallback):
             logger.warning(
                 "Catastrophic overfitting at step %d: robust accuracy %.4f fell below %.2f x the best (%.4f). "
                 "Typical causes (paper, Section 5.1 and Figure 6): a one-step attack with a large step (use "
-                "'pgd2', or N-FGSM/FAST-AT with step <= eps), or a fully shared model (adapter='none').%s",
+                "'pgd2', or N-FGSM/FAST-AT with step <= eps), or a fully shared model (adapter='none').%s%s",
                 state.global_step, value, self.drop, self.best,
+                f" This run: {self.cause}." if self.cause else "",
                 " Stopping (stop_on_catastrophic_overfitting=True)." if self.stop else "",
             )
             if self.stop:
@@ -415,6 +436,101 @@ def compute_accuracy(eval_prediction: EvalPrediction) -> dict[str, float]:
     if labels.ndim == 2:
         labels = labels.argmax(-1)
     return {"clean_accuracy": float((np.asarray(logits).argmax(-1) == labels).mean())}
+
+
+# ------------------------------------------------------------------------------------------------ step checks
+class StepChecks:
+    """The per-step checks and loss bookkeeping of :class:`CoTrainer`, kept on the training device.
+
+    Each training step adds to device tensors only (no ``.item()``, ``float()`` or truth value of a tensor, which
+    would make the host wait for the device every step); :meth:`read` brings everything back in one transfer, at
+    logging steps, saves and evaluations. Kept per process:
+
+    - the first optimizer step whose loss was NaN/inf, with its loss, clean and adversarial terms;
+    - the sums and counts of the clean and adversarial loss terms since the last log;
+    - how far the inputs left [0, 1] after un-normalizing (a normalization that does not match the data);
+    - class indices outside ``[0, num_labels)`` (used clamped until the check raises);
+    - replays of free co-training whose data loader batch differed from the minibatch being replayed.
+    """
+
+    LOSS_NAMES = ("clean_loss", "adversarial_loss")
+
+    def __init__(self):
+        self._device: torch.device | None = None
+        self.loss_counts = [0, 0]
+
+    def _ensure(self, device: torch.device) -> None:
+        if self._device == device:
+            return
+        self._device = device
+        self.nonfinite_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.nonfinite_losses = torch.full((3,), float("nan"), device=device)
+        self.loss_sums = torch.zeros(2, device=device)
+        self.loss_counts = [0, 0]
+        self.range_excess = torch.zeros((), device=device)
+        self.replay_mismatches = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_labels = torch.zeros((), dtype=torch.int64, device=device)
+
+    def record_losses(self, step: int, loss: torch.Tensor, clean: torch.Tensor | None,
+                      adversarial: torch.Tensor | None) -> None:
+        self._ensure(loss.device)
+        loss = loss.detach().float()
+        nan = torch.full((), float("nan"), device=loss.device)
+        parts = [nan if value is None else value.detach().float() for value in (clean, adversarial)]
+        first = ~torch.isfinite(loss) & (self.nonfinite_step < 0)
+        self.nonfinite_step = torch.where(first, step, self.nonfinite_step)
+        self.nonfinite_losses = torch.where(first, torch.stack([loss, *parts]), self.nonfinite_losses)
+        for index, value in enumerate((clean, adversarial)):
+            if value is not None:
+                self.loss_sums[index] += parts[index]
+                self.loss_counts[index] += 1
+
+    def record_range(self, excess: torch.Tensor) -> None:
+        self._ensure(excess.device)
+        self.range_excess = torch.maximum(self.range_excess, excess)
+
+    def record_labels(self, labels: torch.Tensor, num_labels: int) -> None:
+        """Count class indices outside ``[0, num_labels)`` (soft labels are checked by shape, on the host)."""
+        self._ensure(labels.device)
+        if labels.dim() == 1 and labels.numel():
+            self.bad_labels += ((labels < 0) | (labels >= num_labels)).sum()
+
+    def record_mismatch(self, expected: torch.Tensor, seen: torch.Tensor) -> None:
+        self._ensure(seen.device)
+        if expected.shape != seen.shape:
+            self.replay_mismatches += 1
+        else:
+            self.replay_mismatches += (expected.to(seen.device) != seen).any().long()
+
+    def read(self, accelerator=None, world_size: int = 1, take_losses: bool = False) -> dict | None:
+        """Everything recorded, as Python numbers (one transfer from the device; with ``world_size > 1`` the failure
+        flags are summed over processes first, so every process sees a failure on any of them). With
+        ``take_losses``, ``loss_means`` holds this process's mean clean/adversarial loss terms since the last such
+        read, and the sums restart. ``None`` before the first step."""
+        if self._device is None:
+            return None
+        flags = torch.stack([(self.nonfinite_step >= 0).float(), self.replay_mismatches.float(),
+                             self.range_excess.float(), self.bad_labels.float()])
+        local = torch.cat([flags, self.nonfinite_step.float().view(1), self.nonfinite_losses, self.loss_sums])
+        if world_size > 1 and accelerator is not None:
+            flags = accelerator.reduce(flags.clone(), reduction="sum")
+        values = torch.cat([flags, local]).tolist()
+        counts = self.loss_counts if take_losses else [0, 0]
+        if take_losses:
+            self.loss_counts = [0, 0]
+            self.loss_sums.zero_()
+        any_nonfinite, mismatches, excess, bad_labels = values[0:4]
+        first_bad, bad_loss, bad_clean, bad_adversarial, clean_sum, adversarial_sum = values[8:]
+        return {
+            "any_nonfinite": any_nonfinite > 0,
+            "replay_mismatches": int(mismatches),
+            "range_excess": excess,
+            "bad_labels": int(bad_labels),
+            "nonfinite_step": int(first_bad),
+            "nonfinite_losses": {"loss": bad_loss, "clean_loss": bad_clean, "adversarial_loss": bad_adversarial},
+            "loss_means": {name: total / count for name, total, count in
+                           zip(self.LOSS_NAMES, (clean_sum, adversarial_sum), counts) if count},
+        }
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -487,23 +603,48 @@ class CoTrainer(Trainer):
             min_best=args.catastrophic_overfitting_min_best,
             stop=args.stop_on_catastrophic_overfitting,
             num_labels=getattr(self.accelerator.unwrap_model(self.model).config, "num_labels", None),
+            cause=(f"free co-training, {args.free_replays} replays of a sign step of "
+                   f"{self.train_attack.effective_step_size * 255:.3g}/255 at eps "
+                   f"{self.train_attack.epsilon * 255:.3g}/255 (a one-step attack per replay: try a smaller "
+                   "train_attack_step_size, more free_replays, or train_attack='pgd2')") if self.free_training else None,
         )
         self.add_callback(self.overfitting_monitor)
         self.add_callback(TransformEpochCallback())
         self._rng_position: tuple[int, int] | None = None
-        self._loss_parts = {"clean_loss": 0.0, "adversarial_loss": 0.0}
-        self._loss_counts = {"clean_loss": 0, "adversarial_loss": 0}
+        self.checks = StepChecks()
+        # Free co-training: per micro-batch index, the minibatch being replayed; the replays awaiting their update.
+        self._free_batches: dict[int, FreeBatch] = {}
+        self._free_pending: list[FreeBatch] = []
+        self._inv_stds: dict[tuple[torch.device, int], torch.Tensor] = {}
 
     # -------------------------------------------------------------- loss
     @property
     def num_labels(self) -> int:
         return int(self.accelerator.unwrap_model(self.model).config.num_labels)
 
-    def _training_generator(self, device: torch.device) -> torch.Generator:
+    @property
+    def free_training(self) -> bool:
+        """Whether this is free co-training (``train_attack="free"``, :mod:`hf_advsoup.free_training`)."""
+        return self.args.free_training and self.args.alpha < 1.0
+
+    def _micro_batch_index(self) -> int:
+        """The index of this call among the micro-batches of the current optimizer step (0 to
+        ``gradient_accumulation_steps - 1``)."""
         step = self.state.global_step
         micro = 0 if self._rng_position is None or self._rng_position[0] != step else self._rng_position[1] + 1
         self._rng_position = (step, micro)
-        return step_generator(self.args.seed, step, micro, self.args.process_index, device)
+        return micro
+
+    def _training_generator(self, device: torch.device) -> torch.Generator:
+        return step_generator(self.args.seed, self.state.global_step, self._micro_batch_index(),
+                              self.args.process_index, device)
+
+    def _inv_std(self, reference: torch.Tensor) -> torch.Tensor:
+        """``1 / std`` of the normalization, shaped for ``reference``, on its device (made once per device)."""
+        key = (reference.device, reference.dim())
+        if key not in self._inv_stds:
+            self._inv_stds[key] = 1.0 / self.normalization._stats(reference)[1]
+        return self._inv_stds[key]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Eq. 2 in training mode; the clean-mode loss (first term) in evaluation mode (``prediction_step``).
@@ -512,6 +653,9 @@ class CoTrainer(Trainer):
         (batch, num_labels) soft labels. Returns the mean loss (and the outputs of the batched forward, whose
         first ``batch`` logits are clean mode on clean images and the last ``batch`` robust mode on adversarial
         images when ``0 < alpha < 1``).
+
+        In training mode nothing is read back from the device: the loss terms and the finiteness check accumulate
+        there (:class:`StepChecks`) and are read at the next log, save or evaluation.
         """
         pixel_values = inputs["pixel_values"]
         labels = inputs.get("labels")
@@ -524,79 +668,194 @@ class CoTrainer(Trainer):
             loss = soft_cross_entropy(outputs.logits, targets).mean()
             return (loss, outputs) if return_outputs else loss
 
-        num_labels = self.num_labels
-        generator = self._training_generator(pixel_values.device)
-        if self.batch_augmenter is not None:
-            images = self.normalization.to_pixels(pixel_values)
-            images, labels = self.batch_augmenter(images, labels, num_labels, generator)
-            pixel_values = self.normalization.to_model(images).to(pixel_values.dtype)
-        targets = smoothed_targets(labels, num_labels, smoothing)
-        alpha = self.args.alpha
-        batch = pixel_values.shape[0]
+        if self.free_training:
+            clean, adversarial, targets = self._free_inputs(pixel_values, labels)
+        else:
+            generator = self._training_generator(pixel_values.device)
+            pixel_values, labels, targets = self._augmented(pixel_values, labels, generator)
+            clean = pixel_values if self.args.alpha > 0 else None
+            adversarial = None
+            if self.args.alpha < 1:
+                # The inner max of Eq. 2 is taken through the adversarial-token (robust-mode) model, unwrapped so
+                # that no DDP hook fires; attack() runs it in eval mode with frozen weights and restores both. Its
+                # input range check is one of this trainer's deferred checks (recorded in _augmented).
+                adversarial = attack(
+                    self.accelerator.unwrap_model(model),
+                    pixel_values,
+                    hard_labels(labels),
+                    self.train_attack,
+                    normalization=self.normalization,
+                    forward_kwargs={"beta": 0.0},
+                    generator=generator,
+                    validate_range=False,
+                )
+        loss, outputs, clean_loss, adversarial_loss = self._eq2(model, clean, adversarial, targets)
+        self.checks.record_losses(self.state.global_step, loss, clean_loss, adversarial_loss)
+        return (loss, outputs) if return_outputs else loss
 
-        halves, betas = [], []
-        if alpha > 0:
-            halves.append(pixel_values)
-            betas.append(1.0)
-        if alpha < 1:
-            # The inner max of Eq. 2 is taken through the adversarial-token (robust-mode) model, unwrapped so that
-            # no DDP hook fires; attack() runs it in eval mode with frozen weights and restores both.
-            adversarial = attack(
-                self.accelerator.unwrap_model(model),
-                pixel_values,
-                hard_labels(labels),
-                self.train_attack,
-                normalization=self.normalization,
-                forward_kwargs={"beta": 0.0},
-                generator=generator,
-            )
-            halves.append(adversarial)
-            betas.append(0.0)
+    def _augmented(self, pixel_values: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+        """``(pixel_values, labels, targets)`` after the optional batch augmentation (on [0, 1] pixels) and label
+        smoothing; records how far the un-normalized inputs leave [0, 1] (a normalization mismatch)."""
+        images = self.normalization.to_pixels(pixel_values)
+        self.checks.record_range(pixel_range_excess(images))
+        self.checks.record_labels(labels, self.num_labels)
+        if labels.dim() == 1:
+            # Out-of-range indices are reported at the next check; until then they must not crash a GPU kernel.
+            labels = labels.long().clamp(0, self.num_labels - 1)
+        if self.batch_augmenter is not None:
+            images, labels = self.batch_augmenter(images, labels, self.num_labels, generator)
+            pixel_values = self.normalization.to_model(images).to(pixel_values.dtype)
+        targets = smoothed_targets(labels, self.num_labels, self.args.label_smoothing_factor, validate=False)
+        return pixel_values, labels, targets
+
+    def _eq2(self, model, clean: torch.Tensor | None, adversarial: torch.Tensor | None, targets: torch.Tensor):
+        """Eq. 2 on the given halves (either may be ``None``: alpha = 0 or 1) in **one** forward of the wrapped
+        model, clean mode for the clean half and robust mode for the adversarial half. Returns ``(loss, outputs,
+        clean_loss, adversarial_loss)``, the terms ``None`` where their half is absent."""
+        alpha = self.args.alpha
+        halves = [x for x in (clean, adversarial) if x is not None]
+        batch = halves[0].shape[0]
         if len(halves) == 2:
             # One forward of the wrapped model on both halves: one DDP reduction, one autocast region.
             inputs_all = torch.cat(halves)
-            beta = torch.cat([torch.full((batch,), b, device=pixel_values.device) for b in betas])
+            beta = torch.cat([torch.ones(batch, device=inputs_all.device), torch.zeros(batch, device=inputs_all.device)])
+            if isinstance(self.accelerator.unwrap_model(model), PreTrainedModel) and hasattr(
+                    self.accelerator.unwrap_model(model), "soup_for"):
+                # Our model's per-sample soup, given directly: the model's check that a per-sample beta is finite
+                # would read it back from the device (a host synchronisation) every step; 1 and 0 are finite.
+                beta = SoupWeights(beta, 1.0 - beta)
             targets_all = torch.cat([targets, targets])
         else:
             # A scalar beta still puts both adapter copies in the graph (1*clean + 0*adv), so DDP sees every
             # parameter used, and is cheaper than per-sample adapters.
-            inputs_all, beta, targets_all = halves[0], betas[0], targets
+            inputs_all, beta, targets_all = halves[0], (1.0 if clean is not None else 0.0), targets
         outputs = model(pixel_values=inputs_all, beta=beta)
         per_sample = soft_cross_entropy(outputs.logits, targets_all)
-        clean_loss = per_sample[:batch].mean() if alpha > 0 else None
-        adversarial_loss = per_sample[-batch:].mean() if alpha < 1 else None
+        clean_loss = per_sample[:batch].mean() if clean is not None else None
+        adversarial_loss = per_sample[-batch:].mean() if adversarial is not None else None
         if clean_loss is None:
             loss = adversarial_loss
         elif adversarial_loss is None:
             loss = clean_loss
         else:
             loss = alpha * clean_loss + (1.0 - alpha) * adversarial_loss
-        self._check_finite(loss, clean_loss, adversarial_loss)
-        for name, value in (("clean_loss", clean_loss), ("adversarial_loss", adversarial_loss)):
-            if value is not None:
-                self._loss_parts[name] += float(value.detach())
-                self._loss_counts[name] += 1
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs, clean_loss, adversarial_loss
 
-    def _check_finite(self, loss, clean_loss, adversarial_loss) -> None:
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        if self.args.world_size > 1:
-            # Every process must stop together, or the others wait forever in the next gradient reduction.
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        if bad.item() > 0:
-            parts = ", ".join(
-                f"{name}={float(v.detach()):.4g}"
-                for name, v in (("clean_loss", clean_loss), ("adversarial_loss", adversarial_loss))
-                if v is not None
+    # -------------------------------------------------------------- free co-training
+    def _free_inputs(self, pixel_values: torch.Tensor, labels: torch.Tensor):
+        """``(clean, adversarial, targets)`` of one replay of free co-training.
+
+        The minibatch being replayed is identified by its first optimizer step (``global_step - replay``, replay =
+        ``global_step % free_replays``: every pass over the data has a multiple of ``free_replays`` steps) and the
+        micro-batch index. Its first replay (or the first after a resume) augments the batch once and sets up the
+        perturbation; later replays reuse both and check that the data loader replayed the same batch. The
+        perturbation enters as a leaf that requires grad, so the training backward also gives its gradient;
+        :meth:`training_step` then takes the sign step.
+        """
+        replays = self.args.free_replays
+        step = self.state.global_step
+        replay = step % replays
+        first_step = step - replay
+        micro = self._micro_batch_index()
+        entry = self._free_batches.get(micro)
+        if entry is None or entry.first_step != first_step or entry.restored:
+            entry = self._start_free_batch(pixel_values, labels, micro, first_step, replay, entry)
+            self._free_batches[micro] = entry
+        else:
+            self.checks.record_mismatch(entry.raw, pixel_values)
+        leaf = entry.delta.detach().requires_grad_(True)
+        entry.leaf = leaf
+        self._free_pending.append(entry)
+        dtype = pixel_values.dtype
+        # pixel_values + delta / std: the normalized image + delta, exact at delta = 0 (as in the attack core).
+        adversarial = torch.addcmul(entry.pixel_values, leaf, self._inv_std(entry.pixel_values)).to(dtype)
+        clean = entry.pixel_values.to(dtype) if self.args.alpha > 0 else None
+        return clean, adversarial, entry.targets
+
+    def _start_free_batch(self, pixel_values, labels, micro: int, first_step: int, replay: int,
+                          previous: FreeBatch | None) -> FreeBatch:
+        """Augment a new minibatch (seeded by its first step, so a resumed run repeats it) and set its perturbation:
+        the saved one when resuming inside the minibatch's replays, else ``free_start`` (``carry``: the previous
+        minibatch's, ``zero``, or ``random`` in the eps-ball), projected onto the ball and the new images' box."""
+        generator = step_generator(self.args.seed, first_step, micro, self.args.process_index, pixel_values.device)
+        augmented, _, targets = self._augmented(pixel_values, labels, generator)
+        images = self.normalization.to_pixels(augmented).clamp(0.0, 1.0)
+        config = self.train_attack
+        bounds = linf_bounds(images, config.epsilon)
+        if previous is not None and previous.first_step == first_step:
+            delta = previous.delta  # restored from the checkpoint: resuming inside this minibatch's replays
+            self.checks.record_mismatch(previous.labels, labels)
+        elif replay > 0:
+            logger.warning(
+                "Free co-training resumed at replay %d of the minibatch that began at step %d without its saved "
+                "perturbation (the checkpoint holds no free_perturbation file for process %d): it restarts from zero, "
+                "so this run no longer repeats the uninterrupted one exactly.", replay, first_step,
+                self.args.process_index)
+            delta = torch.zeros_like(images)
+        elif self.args.free_start == "carry" and previous is not None and previous.delta.shape == images.shape:
+            delta = previous.delta
+        elif self.args.free_start == "random":
+            delta = torch.empty(images.shape, device=generator.device).uniform_(
+                -config.epsilon, config.epsilon, generator=generator).to(images.device)
+        else:
+            delta = torch.zeros_like(images)
+        delta = torch.clamp(delta.to(device=images.device, dtype=torch.float32), bounds[0], bounds[1])
+        return FreeBatch(first_step=first_step, delta=delta, labels=labels.detach(), raw=pixel_values.detach(),
+                         pixel_values=augmented.float(), targets=targets, bounds=bounds)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """:meth:`~transformers.Trainer.training_step`; in free co-training, then the perturbation's sign step from
+        the gradient that the step's backward left on it (the weights' gradients are untouched by it)."""
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            step_size = self.train_attack.effective_step_size if self.free_training else 0.0
+            with torch.no_grad():
+                for entry in self._free_pending:
+                    leaf, entry.leaf = entry.leaf, None
+                    if leaf is not None and leaf.grad is not None:
+                        entry.delta = linf_sign_step(leaf.detach(), leaf.grad, step_size, entry.bounds)
+        finally:
+            self._free_pending.clear()
+        return loss
+
+    def _raise_on_failed_checks(self, take_losses: bool = False) -> dict[str, float]:
+        """Read :class:`StepChecks` (once, on every process: call it at the same point on all of them) and raise
+        for a non-finite loss, inputs outside [0, 1] or a replay of another batch. Returns the mean loss terms since
+        the last call with ``take_losses`` (empty without it)."""
+        result = self.checks.read(self.accelerator, self.args.world_size, take_losses=take_losses)
+        if result is None:
+            return {}
+        check_pixel_range(result["range_excess"], self.normalization, where="Training pixel_values")
+        if result["bad_labels"]:
+            raise ValueError(
+                f"{result['bad_labels']} training label(s) outside the class indices [0, {self.num_labels}) since the "
+                "last check. Check the label column and the model's num_labels."
             )
+        if result["any_nonfinite"]:
+            step, values = result["nonfinite_step"], result["nonfinite_losses"]
+            if step >= 0:
+                parts = ", ".join(f"{name}={value:.4g}" for name, value in values.items() if not math.isnan(value)
+                                  or name == "loss")
+                where = f"at optimizer step {step} (on this process: {parts})"
+            else:
+                where = "on another process"
             raise NonFiniteLossError(
-                f"Non-finite co-training loss at optimizer step {self.state.global_step} (epoch "
-                f"{self.state.epoch or 0:.2f}; on this process: loss={float(loss.detach()):.4g}"
-                f"{', ' + parts if parts else ''}; learning rate {self._current_lr():.3g}). Training stopped. Check "
-                "the inputs for NaN/inf, lower the learning rate or raise warm-up, keep max_grad_norm > 0, and "
-                "prefer bf16 over fp16. The last checkpoint (if any) is intact; resume with "
-                "--resume_from_checkpoint."
+                f"Non-finite co-training loss {where}; found at step {self.state.global_step} (epoch "
+                f"{self.state.epoch or 0:.2f}), the first log, save or evaluation after it: the loss is checked "
+                "there, not every step, so the weights and EMA have taken the non-finite updates since. Learning "
+                f"rate now {self._current_lr():.3g}. Training stopped. Check the inputs for NaN/inf, lower the "
+                "learning rate or raise warm-up, keep max_grad_norm > 0, and prefer bf16 over fp16. Every checkpoint "
+                "written so far was saved after a passing check; resume with --resume_from_checkpoint."
             )
+        if result["replay_mismatches"]:
+            raise RuntimeError(
+                f"Free co-training replayed {result['replay_mismatches']} batch(es) that differ from the minibatch "
+                "being replayed (or, after a resume, from the checkpoint's). Each minibatch must come "
+                f"{self.args.free_replays} times in a row from CoTrainer's FreeReplaySampler: a custom "
+                "get_train_dataloader or sampler, or resuming with another batch size, number of processes or "
+                "--ignore_data_skip, breaks that."
+            )
+        return result["loss_means"]
 
     def _current_lr(self) -> float:
         try:
@@ -605,12 +864,10 @@ class CoTrainer(Trainer):
             return float("nan")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            # The two terms of Eq. 2 (this process's average since the last log), next to the total.
-            for name, total in self._loss_parts.items():
-                if self._loss_counts[name]:
-                    logs[name] = round(total / self._loss_counts[name], 4)
-                self._loss_parts[name], self._loss_counts[name] = 0.0, 0
+        # Every process logs at the same steps: the deferred checks (and their reduction) run here. With the
+        # training loss come the two terms of Eq. 2 (this process's average since the last log).
+        for name, value in self._raise_on_failed_checks(take_losses="loss" in logs).items():
+            logs[name] = round(value, 4)
         super().log(logs, start_time)
 
     # -------------------------------------------------------------- optimizer and schedule
@@ -635,6 +892,69 @@ class CoTrainer(Trainer):
                     names.discard(adv_name)
         return sorted(names)
 
+    # -------------------------------------------------------------- data and length of free co-training
+    def _free_block_size(self) -> int:
+        """Images that one optimizer step consumes over all processes and micro-batches (one replayed block)."""
+        return self._train_batch_size * self.args.gradient_accumulation_steps * max(self.accelerator.num_processes, 1)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Trainer's sampler; in free co-training wrapped in a :class:`FreeReplaySampler` that repeats each
+        optimizer step's block of images ``free_replays`` times. A shuffling sampler becomes accelerate's seeded
+        one (``data_seed``, else ``seed``, plus the epoch): the order a normal run of the same seed uses."""
+        sampler = super()._get_train_sampler(train_dataset)
+        if not self.free_training:
+            return sampler
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if sampler is None:
+            raise ValueError("Free co-training replays the batches of a sampler: the training dataset must have a "
+                             "length (not an IterableDataset).")
+        if isinstance(sampler, RandomSampler) and not isinstance(sampler, SeedableRandomSampler):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler = SeedableRandomSampler(sampler.data_source, data_seed=seed)
+        block = self._free_block_size()
+        if len(sampler) < block:
+            raise ValueError(
+                f"Free co-training replays whole optimizer steps of {block} images (per-device batch x gradient "
+                f"accumulation x processes), but the training set has {len(dataset)}: use a smaller batch."
+            )
+        return FreeReplaySampler(sampler, block, self.args.free_replays)
+
+    def get_train_dataloader(self):
+        if self.free_training and self.train_dataset is not None and isinstance(self.train_dataset, IterableDataset):
+            raise ValueError("Free co-training replays the batches of a sampler: the training dataset must have a "
+                             "length (not an IterableDataset).")
+        return super().get_train_dataloader()
+
+    def set_initial_training_values(self, args, dataloader):
+        """Trainer's run length; in free co-training with an epoch budget (``max_steps <= 0``), ``max_steps``
+        becomes ``ceil(num_train_epochs x optimizer steps per epoch of a normal run)``: the optimizer steps (and so
+        the schedules, EMA updates and logging steps) of a normal run of ``num_train_epochs`` epochs, over about
+        ``num_train_epochs / free_replays`` passes over the data (the loader's epochs)."""
+        values = super().set_initial_training_values(args, dataloader)
+        if not self.free_training or args.max_steps > 0 or not has_length(dataloader):
+            return values
+        _, per_pass, num_examples, _, total_batch, steps_in_epoch, _ = values
+        normal = self._normal_update_steps_per_epoch()
+        max_steps = max(math.ceil(args.num_train_epochs * normal), 1)
+        passes = math.ceil(max_steps / per_pass)
+        logger.info("Free co-training: %g epochs = %d optimizer steps (%d per epoch of a normal run) = %d replays of "
+                    "%d minibatches per pass over the data, %d passes.", args.num_train_epochs, max_steps, normal,
+                    args.free_replays, per_pass // args.free_replays, passes)
+        return passes, per_pass, num_examples, max_steps * total_batch, total_batch, steps_in_epoch, max_steps
+
+    def _normal_update_steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch that Trainer computes for a normal run on this data (batches per process,
+        with accelerate's even batches, over gradient accumulation)."""
+        processes = max(self.accelerator.num_processes, 1)
+        size = len(self.train_dataset)
+        if self.args.dataloader_drop_last:
+            batches = size // self._train_batch_size
+            per_process = batches // processes
+        else:
+            batches = math.ceil(size / self._train_batch_size)
+            per_process = math.ceil(batches / processes)
+        return max(math.ceil(per_process / self.args.gradient_accumulation_steps), 1)
+
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_scheduler is None and self.args.warmup_epochs is not None:
             dataset_size = len(self.train_dataset) if self.train_dataset is not None else 0
@@ -657,7 +977,9 @@ class CoTrainer(Trainer):
         return self.ema.swapped(self.model)
 
     def evaluate(self, *args, **kwargs) -> dict[str, float]:
-        """:meth:`~transformers.Trainer.evaluate` with the EMA weights (when EMA is on and training has begun)."""
+        """:meth:`~transformers.Trainer.evaluate` with the EMA weights (when EMA is on and training has begun).
+        The training steps' deferred checks run first, so a non-finite loss stops the run before it is evaluated."""
+        self._raise_on_failed_checks()
         with self._ema_weights():
             return super().evaluate(*args, **kwargs)
 
@@ -724,12 +1046,37 @@ class CoTrainer(Trainer):
         with self.ema.swapped(self.model):
             return super().save_model(output_dir, _internal_call)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, written only after the deferred step checks pass (a non-finite loss is never
+        checkpointed), with the perturbations of free co-training (:func:`save_free_state`, one file per process,
+        written before Trainer's ``trainer_state.json`` marks the checkpoint complete)."""
+        self._raise_on_failed_checks()
+        if self.free_training and self._free_batches:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            save_free_state(free_state_file(folder, self.args.process_index, self.args.world_size),
+                            self._free_batches, global_step=self.state.global_step, replays=self.args.free_replays)
+        super()._save_checkpoint(model, trial)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """Resume: the checkpoint's weights (with the key conversion, see :meth:`_load_checkpoint_weights`) and
-        its EMA."""
+        """Resume: the checkpoint's weights (with the key conversion, see :meth:`_load_checkpoint_weights`), its
+        EMA and, in free co-training, this process's perturbations."""
         if not self._load_checkpoint_weights(resume_from_checkpoint, model):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._load_checkpoint_ema(resume_from_checkpoint)
+        self._load_free_state(resume_from_checkpoint)
+
+    def _load_free_state(self, folder: str) -> None:
+        self._free_batches = {}
+        if not self.free_training:
+            return
+        path = free_state_file(folder, self.args.process_index, self.args.world_size)
+        if not os.path.isfile(path):
+            return  # a checkpoint at a minibatch boundary of a zero/random start needs none; else a warning later
+        batches, replays = load_free_state(path, self.args.device)
+        if replays != self.args.free_replays:
+            raise ValueError(f"{path} was written with free_replays={replays}, this run has "
+                             f"free_replays={self.args.free_replays}: resume with the same value.")
+        self._free_batches = batches
 
     def _load_best_model(self) -> None:
         """``load_best_model_at_end``: the best checkpoint's weights (with the key conversion) and its EMA, so that
@@ -777,6 +1124,11 @@ class CoTrainer(Trainer):
         stop for catastrophic overfitting, the weights (and EMA) of the last good checkpoint are restored, so
         :meth:`save_model` saves them."""
         checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if checkpoint is not None and self.free_training and self.args.ignore_data_skip:
+            raise ValueError("Free co-training cannot resume with ignore_data_skip=True: the replays of a minibatch "
+                             "are told apart by the optimizer step, which must match the data loader's position.")
+        self.checks = StepChecks()
+        self._free_batches, self._free_pending, self._rng_position = {}, [], None
         output = super().train(resume_from_checkpoint=checkpoint, trial=trial,
                                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         monitor = self.overfitting_monitor
@@ -798,6 +1150,7 @@ __all__ = [
     "CorruptCheckpointError",
     "EMACallback",
     "NonFiniteLossError",
+    "StepChecks",
     "TransformEpochCallback",
     "WeightEMA",
     "check_weight_files",

@@ -19,7 +19,16 @@ field                       default here             paper (appendix A)
 ``ema_decay``               0.9999                   0.9999
 ``alpha``                   0.5                      0.5 in Table 1, best 0.4
 ``train_attack``            ``"pgd2"``               PGD-2, l_inf, eps 4/255, step 2.5/255
+``logging_nan_inf_filter``  ``False``                (not in the paper) the trainer's own deferred check stops
+                                                     on a non-finite loss; the filter would read every step's
+                                                     loss back from the device
 ==========================  =======================  ======================================================
+
+``train_attack="free"`` selects free co-training (Shafahi et al., "Adversarial Training for Free!", NeurIPS 2019;
+:class:`~hf_advsoup.trainer.CoTrainer`): each minibatch is replayed ``free_replays`` times and the perturbation
+is updated from the gradient of the training step itself. ``num_train_epochs`` then counts the optimizer steps of a
+normal run of that many epochs; the data is passed about ``num_train_epochs / free_replays`` times (see
+``docs/cotraining.md``).
 
 Epsilons and attack step sizes are always in **pixel units of [0, 1] images** (``"4/255"`` is accepted), never in
 the normalized units the model sees.
@@ -34,6 +43,13 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 logger = logging.getLogger(__name__)
+
+FREE_TRAIN_ATTACK = "free"
+"""``train_attack`` value selecting free co-training (one sign step of the perturbation per replayed minibatch)."""
+FREE_STARTS = ("carry", "zero", "random")
+"""Values of ``free_start``: where the perturbation of a new minibatch starts."""
+_FREE_SAMPLING = ("random", "sequential")
+"""``train_sampling_strategy`` values free co-training can replay (group_by_length/batch_rebalance reorder batches)."""
 
 _REFERENCE_BATCH = 256
 """Batch size of the linear learning-rate scaling rule (Goyal et al. 2017): ``lr = base_lr * batch / 256``."""
@@ -74,7 +90,27 @@ class CoTrainingArguments(TrainingArguments):
         metadata={
             "help": "Preset of the attack that makes the adversarial half of each batch (see "
             "hf_advsoup.attacks.AttackConfig.from_preset; e.g. 'pgd2', 'pgd5', 'fast_at', 'nfgsm'). It attacks the "
-            "robust-mode (adversarial-token) model in eval mode. Paper: 'pgd2' (l_inf, eps 4/255, 2 steps of 2.5/255)."
+            "robust-mode (adversarial-token) model in eval mode. Paper: 'pgd2' (l_inf, eps 4/255, 2 steps of 2.5/255). "
+            "'free': free co-training (Shafahi et al. 2019): every minibatch is replayed free_replays times, each "
+            "replay one Eq. 2 step on [clean, clean + delta] whose backward also updates delta by a sign step of "
+            "train_attack_step_size (default: train_epsilon, Shafahi's choice), l_inf only."
+        },
+    )
+    free_replays: int | None = field(
+        default=None,
+        metadata={
+            "help": "Free co-training (train_attack='free'): optimizer steps taken on each minibatch (m in Shafahi "
+            "et al. 2019, who use 4 to 10). Default: 4. num_train_epochs still counts the optimizer steps of a "
+            "normal run of that many epochs, so the data is seen about num_train_epochs / free_replays times. Only "
+            "valid with train_attack='free'."
+        },
+    )
+    free_start: str = field(
+        default="carry",
+        metadata={
+            "help": "Free co-training: the perturbation a new minibatch starts from. 'carry' (default, Shafahi et "
+            "al.'s Algorithm 1 and code): the previous minibatch's final perturbation, projected onto the new "
+            "images' [0, 1] box (zero at the start of the run); 'zero': zero; 'random': uniform in the eps-ball."
         },
     )
     train_attack_norm: str | None = field(
@@ -237,6 +273,14 @@ class CoTrainingArguments(TrainingArguments):
             "help": "Keep all dataset columns: on-the-fly transforms (set_transform) need the raw image column."
         },
     )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Trainer's filter that replaces a non-finite loss by the running mean in the logs. Off by "
+            "default: it reads every step's loss back from the device (a host synchronisation per step), and "
+            "CoTrainer stops on a non-finite loss anyway (at the next logging step, save or evaluation)."
+        },
+    )
 
     def __post_init__(self):
         if not 0.0 <= float(self.alpha) <= 1.0:
@@ -254,6 +298,7 @@ class CoTrainingArguments(TrainingArguments):
             raise ValueError(f"robust_eval_samples must be >= 0, got {self.robust_eval_samples}.")
         if self.warmup_epochs is not None and self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}.")
+        self._check_free_training()
         # Build both attacks now: a typo in a preset name or an epsilon of 4 (meaning 4/255) fails at parse time,
         # with the attacks module's message, not hours into a run.
         if self.alpha < 1.0:
@@ -272,6 +317,58 @@ class CoTrainingArguments(TrainingArguments):
                 self.learning_rate,
             )
 
+    def _check_free_training(self) -> None:
+        if not self.free_training:
+            if self.free_replays is not None:
+                raise ValueError(
+                    f"free_replays={self.free_replays} only applies to free co-training; set train_attack='free' "
+                    f"(it is {self.train_attack!r}) or drop free_replays."
+                )
+            return
+        if self.free_replays is None:
+            self.free_replays = 4
+        if isinstance(self.free_replays, bool) or int(self.free_replays) != self.free_replays or self.free_replays < 1:
+            raise ValueError(f"free_replays must be an integer >= 1, got {self.free_replays!r}.")
+        self.free_replays = int(self.free_replays)
+        if self.free_start not in FREE_STARTS:
+            raise ValueError(f"free_start must be one of {', '.join(FREE_STARTS)}, got {self.free_start!r}.")
+        problems = []
+        if self.alpha >= 1.0:
+            problems.append("alpha=1 is nominal training: there is no adversarial half to perturb (use alpha < 1, "
+                            "or another train_attack)")
+        if self.free_replays == 1 and self.free_start != "carry":
+            problems.append(f"free_replays=1 with free_start={self.free_start!r} never uses an updated perturbation "
+                            "(each minibatch is seen once, from a fresh start): use free_replays >= 2 or "
+                            "free_start='carry'")
+        if self.train_attack_steps not in (None, 1):
+            problems.append(f"train_attack_steps={self.train_attack_steps}: free co-training takes one step per "
+                            "replay; set the number of replays with free_replays")
+        if self.train_attack_norm not in (None, "linf"):
+            problems.append(f"train_attack_norm={self.train_attack_norm!r}: free co-training implements Shafahi et "
+                            "al.'s l_inf sign step only")
+        if self.train_attack_targeted:
+            problems.append("train_attack_targeted: free co-training ascends the training loss itself (untargeted)")
+        if self.train_attack_random_start:
+            problems.append("train_attack_random_start: a free perturbation's start is free_start "
+                            "('carry', 'zero' or 'random')")
+        strategy = str(getattr(self.train_sampling_strategy, "value", self.train_sampling_strategy))
+        if strategy not in _FREE_SAMPLING:
+            problems.append(f"train_sampling_strategy={strategy!r}: free co-training replays the batches of a "
+                            f"{' or '.join(_FREE_SAMPLING)} sampler")
+        accelerator = self.accelerator_config
+        for name in ("split_batches", "dispatch_batches"):
+            value = accelerator.get(name) if isinstance(accelerator, dict) else getattr(accelerator, name, None)
+            if value:
+                problems.append(f"accelerator_config.{name}=True: free co-training gives each process whole "
+                                "batches of its own to replay")
+        if problems:
+            raise ValueError("train_attack='free' is incompatible with: " + "; ".join(problems) + ".")
+
+    @property
+    def free_training(self) -> bool:
+        """Whether ``train_attack`` selects free co-training (``"free"``)."""
+        return self.train_attack == FREE_TRAIN_ATTACK
+
     @property
     def global_train_batch_size(self) -> int:
         """Images per optimizer step over all processes (clean images; the attack doubles the forward batch)."""
@@ -286,7 +383,19 @@ class CoTrainingArguments(TrainingArguments):
 
     # ------------------------------------------------------------------ attacks
     def train_attack_config(self):
-        """The :class:`~hf_advsoup.attacks.AttackConfig` of the training attack (preset + overrides)."""
+        """The :class:`~hf_advsoup.attacks.AttackConfig` of the training attack (preset + overrides).
+
+        For free co-training (``train_attack="free"``): the l_inf ball and the sign step of each replay, as the
+        ``fast_at`` preset (one step of size epsilon, Shafahi et al.'s choice) with ``train_epsilon`` and
+        ``train_attack_step_size``; ``random_start`` is ``free_start == "random"``.
+        """
+        if self.free_training:
+            return _attack_config(
+                "fast_at",
+                epsilon=self.train_epsilon,
+                step_size=self.train_attack_step_size,
+                random_start=self.free_start == "random",
+            )
         return _attack_config(
             self.train_attack,
             norm=self.train_attack_norm,
@@ -312,4 +421,4 @@ def _attack_config(preset: str, **overrides):
     return AttackConfig.from_preset(preset, **{k: v for k, v in overrides.items() if v is not None})
 
 
-__all__ = ["CoTrainingArguments"]
+__all__ = ["FREE_STARTS", "FREE_TRAIN_ATTACK", "CoTrainingArguments"]

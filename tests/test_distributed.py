@@ -1,5 +1,5 @@
-"""Two CPU processes (gloo, ``accelerate launch``) give the same co-training as one process with the same global
-batch.
+"""Two CPU processes (gloo, ``accelerate launch``) give the same co-training (PGD-2 and free) as one process with the
+same global batch.
 
 SLOW (~30-60 s on 2 cores): it launches two Python processes. Deselect with ``-m "not distributed"``.
 
@@ -41,24 +41,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Free co-training: 2 replays per minibatch (3 steps = a minibatch replayed twice, then the next one), each image's
+# perturbation starting from zero and moving by the sign of its own gradient, so it does not depend on the split.
+FREE = ["--train_attack", "free", "--free_replays", "2", "--free_start", "zero", "--logging_steps", "1"]
+
+
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate CLI")
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    single = cotrain.main(["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "16", *COMMON])
+@pytest.mark.parametrize("attack", ["pgd2", "free"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, attack):
+    extra = FREE if attack == "free" else []
+    single = cotrain.main(["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "16", *COMMON,
+                           *extra])
 
     command = [
         "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
         str(ROOT / "scripts" / "cotrain.py"), "--output_dir", str(tmp_path / "two"),
-        "--per_device_train_batch_size", "8", *COMMON,
+        "--per_device_train_batch_size", "8", *COMMON, *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     import json
 
-    # Two processes of 8 images per step went through 3 x 16 images (two independent runs would report 3 x 8).
+    # Two processes of 8 images per step went through 3 x 16 images (two independent runs would report 3 x 8);
+    # free co-training replays each minibatch twice, so its 3 steps cover 1.5 minibatches of 16.
     state = json.loads((tmp_path / "two" / "trainer_state.json").read_text())
-    assert state["epoch"] == pytest.approx(3 * 16 / 96)
+    assert state["epoch"] == pytest.approx((1.5 if attack == "free" else 3) * 16 / 96)
+    if attack == "free":
+        one_log = json.loads((tmp_path / "one" / "trainer_state.json").read_text())["log_history"]
+        losses = [log["adversarial_loss"] for log in one_log if "adversarial_loss" in log]
+        assert len(losses) == 3 and losses[0] != losses[1]  # the replay saw its updated perturbation
 
     one = load_file(str(tmp_path / "one" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model.safetensors"))

@@ -6,6 +6,7 @@ Tiny seeded models (hidden 16, 1-2 layers, 8x8 images) and a handful of steps; t
 
 import copy
 import os
+import traceback
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import hf_advsoup.trainer as trainer_module
 from hf_advsoup import ADAPTER_TYPES, AdvSoupViTConfig, AdvSoupViTForImageClassification
 from hf_advsoup.attacks import Normalization
 from hf_advsoup.augmentation import AugmentationArguments, BatchAugmenter
+from hf_advsoup.modeling_advsoup import SoupWeights
 from hf_advsoup.trainer import (
     EMA_WEIGHTS_NAME,
     CatastrophicOverfittingCallback,
@@ -99,7 +101,9 @@ def test_loss_equals_eq2_by_hand_with_fixed_perturbation(tmp_path, monkeypatch, 
     delta = torch.randn_like(inputs["pixel_values"]) * 0.05
     calls = []
 
-    def fixed_attack(attacked, pixel_values, labels, config, *, normalization, forward_kwargs, generator):
+    def fixed_attack(attacked, pixel_values, labels, config, *, normalization, forward_kwargs, generator,
+                     validate_range):
+        assert validate_range is False  # the trainer checks the input range itself, without a host sync
         calls.append((attacked, labels.clone(), dict(forward_kwargs), config))
         return pixel_values + delta
 
@@ -153,7 +157,11 @@ def test_one_batched_forward_alpha1_no_attack_alpha0_no_clean_forward(tmp_path, 
         assert len(training) == 1
         ((size, beta),) = training
         if alpha == 0.5:
-            assert size == 12 and torch.equal(beta, torch.tensor([1.0] * 6 + [0.0] * 6))
+            # The per-sample soup goes in as SoupWeights (clean, adversarial): the model's finiteness check of a
+            # beta tensor would read it back from the device every step.
+            assert size == 12 and isinstance(beta, SoupWeights)
+            assert torch.equal(beta.clean, torch.tensor([1.0] * 6 + [0.0] * 6))
+            assert torch.equal(beta.adversarial, 1 - beta.clean)
             assert len(attack_betas) == 2 and all(b == 0.0 for b in attack_betas)  # PGD-2 on robust mode
         elif alpha == 1.0:
             assert seen == [(True, 6, 1.0)]  # clean images only, clean mode, no attack forward
@@ -370,6 +378,92 @@ def test_non_finite_loss_stops_with_clear_message(tmp_path):
         trainer.train()
 
 
+def test_non_finite_loss_is_found_at_the_next_logging_step(tmp_path):
+    """The check is read at logging steps (no host sync per step): a NaN from step 0 on stops the run at step 3
+    with logging every 3 steps, naming the first non-finite step."""
+    model = make_model()
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    trainer = make_trainer(tmp_path, model=model, max_steps=6, logging_steps=3)
+    steps = []
+    trainer.add_callback(type("Count", (trainer_module.TrainerCallback,), {
+        "on_step_end": lambda self, args, state, control, **kw: steps.append(state.global_step)})())
+    with pytest.raises(NonFiniteLossError, match=r"at optimizer step 0 \(on this process: loss=nan.*found at step 3"):
+        trainer.train()
+    assert steps == [1, 2, 3]
+
+
+def test_out_of_range_labels_are_reported_at_the_next_log(tmp_path):
+    data = make_dataset()
+    data = data.map(lambda row: {"labels": 7 if row["labels"] == 0 else row["labels"]})
+    trainer = make_trainer(tmp_path, dataset=data.with_format("torch"), max_steps=4, logging_steps=2)
+    with pytest.raises(ValueError, match=r"training label\(s\) outside the class indices \[0, 4\)"):
+        trainer.train()
+
+
+class HostReads:
+    """Counts the tensor methods that make the host wait for the device (read a value back): ``item``, ``tolist``,
+    ``numpy``, ``__bool__`` (``if tensor:``, ``torch.isfinite(x).all()`` in a condition), ``__float__`` and
+    ``__int__``. On a GPU each is a synchronisation; on a CPU they are the same calls, so counting them tests the
+    code path that a GPU would run."""
+
+    NAMES = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, original))
+
+    def _wrap(self, name, original):
+        def counted(tensor, *args, **kwargs):
+            # The DataLoader's samplers draw their shuffles from CPU tensors once per epoch: never device reads.
+            if not any("torch/utils/data" in frame.filename for frame in traceback.extract_stack(limit=8)):
+                self.calls.append(name)
+            return original(tensor, *args, **kwargs)
+        return counted
+
+
+@pytest.mark.parametrize("mode", ["nominal", "pgd2", "free"])
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch, mode):
+    kwargs = {"nominal": dict(alpha=1.0), "pgd2": dict(alpha=0.5), "free": dict(alpha=0.5, train_attack="free")}[mode]
+    trainer = make_trainer(tmp_path, **kwargs)
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1
+    model = trainer.model.train()
+    trainer.training_step(model, batch())  # first step: lazily created state
+    reads = HostReads(monkeypatch)
+    trainer.training_step(model, batch(seed=4))
+    monkeypatch.undo()
+    assert reads.calls == []  # the old per-step float(loss term) and finiteness .item() would show here
+    if torch.cuda.is_available():  # the same on a GPU, with CUDA's own detector
+        trainer = make_trainer(tmp_path, use_cpu=False, **kwargs)
+        trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = 1
+        model = trainer.model.train()
+        inputs = {k: v.to(trainer.args.device) for k, v in batch().items()}
+        trainer.training_step(model, inputs)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            trainer.training_step(model, inputs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_host_reads_do_not_grow_with_the_number_of_steps(tmp_path, monkeypatch):
+    """A whole run (Trainer's loop, clipping, AdamW, EMA, scheduler) reads the device at logs only."""
+    counts = []
+    for steps in (2, 6):
+        trainer = make_trainer(tmp_path / str(steps), max_steps=steps, logging_steps=100, ema_decay=0.9,
+                               max_grad_norm=1.0)
+        reads = HostReads(monkeypatch)
+        trainer.train()
+        monkeypatch.undo()
+        counts.append(len(reads.calls))
+    assert counts[0] == counts[1] and counts[0] < 10
+
+
 def test_needs_normalization_and_cotraining_arguments(tmp_path):
     with pytest.raises(ValueError, match="needs the image normalization"):
         CoTrainer(model=make_model(), args=make_args(tmp_path), train_dataset=make_dataset())
@@ -403,7 +497,7 @@ class StopAt(trainer_module.TrainerCallback):
             control.should_training_stop = True
 
 
-def image_trainer(output_dir, num_workers=0, seed=0, callbacks=()):
+def image_trainer(output_dir, num_workers=0, seed=0, callbacks=(), **overrides):
     from datasets import DatasetDict
 
     from hf_advsoup.data import DataArguments, collate_fn, set_image_transforms
@@ -414,9 +508,9 @@ def image_trainer(output_dir, num_workers=0, seed=0, callbacks=()):
                          DataArguments(random_resized_crop=True, crop_min_scale=0.3, horizontal_flip=True))
     model = make_model(num_hidden_layers=2, drop_path_rate=0.2, hidden_dropout_prob=0.1)
     # 28 images in batches of 4: 7 steps per epoch, so checkpoint-30 lies inside epoch 4 (30 = 4 * 7 + 2).
-    args = make_args(output_dir, output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=60,
-                     save_strategy="steps", save_steps=10, ema_decay=0.9, dataloader_num_workers=num_workers,
-                     seed=seed)
+    values = dict(output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=60, save_strategy="steps",
+                  save_steps=10, ema_decay=0.9, dataloader_num_workers=num_workers, seed=seed)
+    args = make_args(output_dir, **{**values, **overrides})
     return CoTrainer(model=model, args=args, train_dataset=data["train"], data_collator=collate_fn,
                      normalization=NORM, callbacks=list(callbacks))
 
