@@ -405,12 +405,12 @@ class AdvSoupSelector(nn.Module):
     score) should classify it, from tokens the encoder computes anyway.
 
     Input: the tokens after the first ``config.selector_layers`` blocks run in **robust mode** (``0``: the
-    embeddings), shape ``(batch, 1 + num_patches, hidden_size)``. Features per image: the classification token and
-    the per-channel mean and standard deviation over the patch tokens, after a LayerNorm (``3 * hidden_size``
-    numbers; the standard deviation sees noise-like perturbations that a mean averages away). Head: ``Linear(3 *
-    hidden_size, selector_hidden_size) -> GELU -> Linear(selector_hidden_size, 1)``. Output: the score ``s``,
-    shape ``(batch,)``; ``beta = sigmoid(s)`` (``selector_mode="soft"``) or ``1[s > 0]`` (``"hard"``), see
-    :meth:`AdvSoupViTModel.selector_beta`.
+    embeddings), shape ``(batch, 1 + num_patches, hidden_size)``. Each patch token goes through ``LayerNorm ->
+    Linear(hidden_size, selector_hidden_size) -> GELU``; the mean and the maximum of these over the patches
+    (``2 * selector_hidden_size`` numbers: the maximum sees a perturbation confined to a few patches, which a mean
+    dilutes) go through ``Linear(2 * selector_hidden_size, 1)`` to the score ``s``, shape ``(batch,)``. ``beta =
+    sigmoid(s)`` (``selector_mode="soft"``) or ``1[s > 0]`` (``"hard"``), see :meth:`AdvSoupViTModel.selector_beta`.
+    (Chosen by measurement on Fashion-MNIST, docs/selection.md: per-token features beat statistics of the tokens.)
 
     A selected soup then runs the whole network once at the chosen per-image ``beta``: ``(num_hidden_layers +
     selector_layers) / num_hidden_layers`` forwards in all (the prefix cannot be shared: from the first block on,
@@ -420,27 +420,21 @@ class AdvSoupSelector(nn.Module):
 
     def __init__(self, config: AdvSoupViTConfig):
         super().__init__()
-        hidden = config.hidden_size
-        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        self.proj = nn.Linear(3 * hidden, config.selector_hidden_size)
-        self.score = nn.Linear(config.selector_hidden_size, 1)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.proj = nn.Linear(config.hidden_size, config.selector_hidden_size)
+        self.score = nn.Linear(2 * config.selector_hidden_size, 1)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``hidden_states`` ``(batch, 1 + num_patches, hidden_size)``; a 2-D ``attention_mask`` (1 = keep, the
-        classification token first) leaves padded patches out of the statistics. Returns the score ``(batch,)``."""
-        tokens = self.norm(hidden_states)
-        patches = tokens[:, 1:]
+        classification token first) leaves padded patches out of the pooling. Returns the score ``(batch,)``."""
+        features = F.gelu(self.proj(self.norm(hidden_states[:, 1:])))
         if attention_mask is not None and attention_mask.dim() == 2:
-            keep = attention_mask[:, 1:].to(patches.dtype).unsqueeze(-1)
-            count = keep.sum(dim=1).clamp_min(1.0)
-            mean = (patches * keep).sum(dim=1) / count
-            variance = ((patches - mean[:, None]).square() * keep).sum(dim=1) / count
+            keep = attention_mask[:, 1:].to(features.dtype).unsqueeze(-1)
+            mean = (features * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+            peak = features.masked_fill(keep == 0, torch.finfo(features.dtype).min).amax(dim=1)
         else:
-            mean = patches.mean(dim=1)
-            variance = (patches - mean[:, None]).square().mean(dim=1)
-        # The offset keeps the gradient of the square root finite for constant images.
-        features = torch.cat([tokens[:, 0], mean, (variance + 1e-6).sqrt()], dim=-1)
-        return self.score(F.gelu(self.proj(features))).squeeze(-1)
+            mean, peak = features.mean(dim=1), features.amax(dim=1)
+        return self.score(torch.cat([mean, peak], dim=-1)).squeeze(-1)
 
 
 class _StraightThroughStep(torch.autograd.Function):
@@ -642,16 +636,21 @@ class AdvSoupViTModel(_SoupLoading, ViTModel):
             )
         return self.selector
 
-    def selector_logits(
+    def selector_inputs(
         self,
         pixel_values: torch.Tensor,
+        num_layers: int | None = None,
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The selector's score per image, shape ``(batch,)``, fp32: the first ``config.selector_layers`` blocks run
-        in robust mode (through the stock modules, so gradient checkpointing applies; they are not recorded as
-        hidden states of a forward), then :class:`AdvSoupSelector`. ``> 0`` leans to clean mode."""
-        selector = self._require_selector()
+        """What the selector reads: the tokens after the first ``num_layers`` blocks (default
+        ``config.selector_layers``; ``0``: the embeddings) run in robust mode, shape ``(batch, 1 + num_patches,
+        hidden_size)``. Through the stock modules, so gradient checkpointing applies; not recorded as hidden states of
+        a forward."""
+        num_layers = self.config.selector_layers if num_layers is None else num_layers
+        if num_layers is None or not 0 <= num_layers <= len(self.layers):
+            raise ValueError(f"num_layers must be in [0, {len(self.layers)}], got {num_layers} (this model has no "
+                             "selector to take it from).")
         robust = SoupWeights(0.0, 1.0)
         token = self.soup_context.set(robust)
         try:
@@ -660,10 +659,22 @@ class AdvSoupViTModel(_SoupLoading, ViTModel):
                                             interpolate_pos_encoding=bool(interpolate_pos_encoding))
             mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states,
                                              attention_mask=attention_mask)
-            for layer in self.layers[: self.config.selector_layers]:
+            for layer in self.layers[:num_layers]:
                 hidden_states = layer(hidden_states, mask, soup=robust)
         finally:
             self.soup_context.reset(token)
+        return hidden_states
+
+    def selector_logits(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The selector's score per image, shape ``(batch,)``, fp32: :class:`AdvSoupSelector` on
+        :meth:`selector_inputs`. ``> 0`` leans to clean mode."""
+        selector = self._require_selector()
+        hidden_states = self.selector_inputs(pixel_values, None, interpolate_pos_encoding, attention_mask)
         return selector(hidden_states, attention_mask).float()
 
     def selector_beta(self, selector_logits: torch.Tensor) -> torch.Tensor:

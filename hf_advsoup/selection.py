@@ -107,8 +107,8 @@ class SelectorTrainingArguments(TrainingArguments):
     Every :class:`~transformers.TrainingArguments` field is accepted. The training attack makes the selector's
     robust-mode examples exactly as co-training made its adversarial half: the fields left at ``None`` take the
     co-training run's values (``run_args.json`` of the model folder, see :func:`cotraining_attack_settings`), else
-    the preset's. Defaults that differ from ``TrainingArguments``: a small head trained briefly (learning rate 1e-3,
-    2 epochs, cosine schedule, 5% warm-up, no weight decay, a log every 10 steps) and
+    the preset's. Defaults that differ from ``TrainingArguments``: a small head trained briefly (learning rate 3e-3,
+    3 epochs, cosine schedule, 5% warm-up, no weight decay, a log every 10 steps) and
     ``remove_unused_columns=False`` (on-the-fly image transforms).
     """
 
@@ -135,8 +135,8 @@ class SelectorTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Let scripts/train_selector.py write into an --output_dir that is not empty."},
     )
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the selector head."})
-    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the training images."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "AdamW learning rate of the selector head."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the training images."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the selector head."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     warmup_steps: float = field(
