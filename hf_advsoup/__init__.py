@@ -2,8 +2,9 @@
 
 Importing the package registers ``AdvSoupViTConfig``, ``AdvSoupViTModel`` and ``AdvSoupViTForImageClassification`` with
 the transformers Auto classes, so ``AutoModelForImageClassification.from_pretrained(path, beta=0.5)``,
-``AutoModel.from_pretrained(path)`` and ``pipeline("image-classification", model=path)`` work on saved soups. The other modules (attacks, data, training,
-soups, hub, transfer) load on first use of one of their names, so ``import hf_advsoup`` stays light.
+``AutoModel.from_pretrained(path)`` and ``pipeline("image-classification", model=path)`` work on saved soups (and
+``beta="auto"`` on a model with a soup selector). The other modules (attacks, data, training, soups, selection, hub,
+transfer) load on first use of one of their names, so ``import hf_advsoup`` stays light.
 """
 
 import importlib
@@ -35,6 +36,8 @@ _LAZY = {
     "training_args": ["CoTrainingArguments"],
     "trainer": ["CoTrainer", "EMACallback", "CatastrophicOverfittingCallback", "NonFiniteLossError"],
     "soups": ["SoupEvaluationArguments", "SoupEvaluation", "evaluate_soups", "select_soups"],
+    "selection": ["AutoEvaluationArguments", "AutoSoupClassifier", "SelectorTrainer", "SelectorTrainingArguments",
+                  "evaluate_auto_soup"],
     "hub": ["render_model_card", "push_folder"],
     "transfer": ["TransferArguments", "TransferRecipe", "run_transfer", "run_sweep"],
     "pipelines": ["AdvSoupImageClassificationPipeline", "soup_pipeline"],

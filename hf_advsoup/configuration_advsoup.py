@@ -8,6 +8,8 @@ training", ICLR 2023):
 - ``pooling``: the MAE-style mean-pooled head of the paper, or the vanilla ViT classification-token head.
 - ``patch_stride``: overlapping patches for small images (appendix A: patch 4, stride 2 on 32x32 images).
 - ``drop_path_rate``: stochastic depth, linearly increasing with depth (HF ViT has none).
+- ``selector_layers``, ``selector_hidden_size``, ``selector_mode``: the optional per-image soup selector
+  (``beta="auto"``; appendix E's "automatic selection of the right soup for each sample"), see docs/selection.md.
 
 This file is copied next to the weights by ``save_pretrained`` (remote code): it imports nothing from
 ``hf_advsoup``.
@@ -21,6 +23,14 @@ from transformers import ViTConfig
 
 ADAPTER_TYPES = ("cls_token", "layernorm", "pos_embed", "patch_embed", "none")
 """Adapter types of Table 1. ``"none"`` is the fully shared co-training baseline (one copy of everything)."""
+
+SELECTOR_MODES = ("soft", "hard")
+"""How the selector's score ``s`` becomes ``beta``: ``"soft"``: ``sigmoid(s)`` (the default: differentiable, so the
+function that is deployed is the one gradient attacks see); ``"hard"``: 1 when ``s > 0`` else 0 (exactly clean or
+robust mode; attacks differentiate it straight through the sigmoid, BPDA)."""
+
+AUTO_BETA = "auto"
+"""The ``beta`` that asks the model's selector for one soup per image."""
 
 POOLING_TYPES = ("mean", "cls")
 """``"mean"``: mean of the final tokens except the classification token (MAE head, the paper's choice);
@@ -37,8 +47,14 @@ def validate_beta(beta) -> float:
     """Check that a scalar soup weight is a finite number and return it as a float.
 
     Any finite value is allowed: ``beta=1`` is clean mode, ``beta=0`` robust mode, and values outside ``[0, 1]``
-    extrapolate (the paper reports gains at 1.05 and -0.05).
+    extrapolate (the paper reports gains at 1.05 and -0.05). ``"auto"`` is not a number: it is accepted only where a
+    model chooses the soup per image (:func:`validate_config_beta`, the model's ``forward``).
     """
+    if isinstance(beta, str) and beta.strip().lower() == AUTO_BETA:
+        raise TypeError(
+            "beta='auto' (one soup per image, chosen by the model's selector) is only accepted by the model's forward "
+            "and by from_pretrained; here a number is needed (1 = clean mode, 0 = robust mode)."
+        )
     if isinstance(beta, bool) or not isinstance(beta, (int, float)):
         try:
             beta = float(beta)
@@ -51,6 +67,14 @@ def validate_beta(beta) -> float:
             "value in between (or slightly outside [0, 1] to extrapolate)."
         )
     return beta
+
+
+def validate_config_beta(beta) -> float | str:
+    """``config.beta``: a finite number (:func:`validate_beta`) or ``"auto"`` (the model's selector chooses one soup
+    per image; the model checks at load that it has a selector)."""
+    if isinstance(beta, str) and beta.strip().lower() == AUTO_BETA:
+        return AUTO_BETA
+    return validate_beta(beta)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -88,6 +112,17 @@ class AdvSoupViTConfig(ViTConfig):
         drop_path_rate (`float`, defaults to `0.0`):
             Stochastic depth rate of the last block; block `i` of `L` drops its residual branches with probability
             `drop_path_rate * i / (L - 1)`. The paper uses 0.1.
+        selector_layers (`int`, *optional*):
+            The soup selector (`beta="auto"`): it reads the tokens after the first `selector_layers` blocks in robust
+            mode (`0`: the embeddings), so a selected soup costs `(num_hidden_layers + selector_layers) /
+            num_hidden_layers` forwards. `None` (the default): no selector.
+        selector_hidden_size (`int`, defaults to `64`):
+            Width of the selector's hidden layer.
+        selector_mode (`str`, defaults to `"soft"`):
+            `"soft"`: `beta = sigmoid(score)` per image; `"hard"`: `beta = 1` when `score > 0`, else `0`.
+
+    `beta` may also be `"auto"` (e.g. `from_pretrained(path, beta="auto")`): each image gets the soup its selector
+    chooses; a model without a selector refuses it.
 
     Example:
 
@@ -102,19 +137,44 @@ class AdvSoupViTConfig(ViTConfig):
     model_type = "advsoup-vit"
 
     adapter: str = "cls_token"
-    beta: float | int = 1.0
+    beta: float | int | str = 1.0
     pooling: str = "mean"
     patch_stride: int | None = None
     drop_path_rate: float | int = 0.0
+    selector_layers: int | None = None
+    selector_hidden_size: int = 64
+    selector_mode: str = "soft"
 
     def __post_init__(self, **kwargs):
         validate_choice("adapter", self.adapter, ADAPTER_TYPES)
         validate_choice("pooling", self.pooling, POOLING_TYPES)
-        self.beta = validate_beta(self.beta)
+        self.beta = validate_config_beta(self.beta)
         if not 0.0 <= float(self.drop_path_rate) < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
         super().__post_init__(**kwargs)
         self.validate_geometry()
+        self.validate_selector()
+
+    def validate_selector(self) -> None:
+        """Check the selector fields: ``0 <= selector_layers <= num_hidden_layers`` (or ``None``), a positive
+        ``selector_hidden_size``, a known ``selector_mode``, and ``beta="auto"`` only with a selector. Called by the
+        model too (``from_pretrained(path, beta="auto")`` sets fields after this config was built)."""
+        validate_choice("selector_mode", self.selector_mode, SELECTOR_MODES)
+        layers = self.selector_layers
+        if layers is not None and (isinstance(layers, bool) or int(layers) != layers
+                                   or not 0 <= int(layers) <= self.num_hidden_layers):
+            raise ValueError(
+                f"selector_layers must be an integer in [0, num_hidden_layers={self.num_hidden_layers}] (the blocks "
+                f"the selector reads in robust mode) or None for no selector, got {layers!r}."
+            )
+        if isinstance(self.selector_hidden_size, bool) or int(self.selector_hidden_size) < 1:
+            raise ValueError(f"selector_hidden_size must be a positive integer, got {self.selector_hidden_size!r}.")
+        if validate_config_beta(self.beta) == AUTO_BETA and layers is None:
+            raise ValueError(
+                "beta='auto' needs a soup selector, and this model has none (config.selector_layers is None). Train "
+                "one on the co-trained model (python scripts/train_selector.py --model_name_or_path ... , see "
+                "docs/selection.md), or pass a number: beta=1 (clean mode), beta=0 (robust mode) or in between."
+            )
 
     def validate_geometry(self) -> None:
         """Check that the patches tile the image exactly: ``patch_size <= image_size`` and ``(image_size -
@@ -140,4 +200,12 @@ class AdvSoupViTConfig(ViTConfig):
                 )
 
 
-__all__ = ["AdvSoupViTConfig", "ADAPTER_TYPES", "POOLING_TYPES", "patch_grid"]
+__all__ = [
+    "ADAPTER_TYPES",
+    "AUTO_BETA",
+    "POOLING_TYPES",
+    "SELECTOR_MODES",
+    "AdvSoupViTConfig",
+    "patch_grid",
+    "validate_config_beta",
+]

@@ -14,6 +14,9 @@ Differences from :class:`~transformers.ViTForImageClassification`:
   paper's choice; padded tokens excluded when an ``attention_mask`` is given) or the classification token
   (``pooling="cls"``).
 - Overlapping patches (``patch_stride``) and stochastic depth (``drop_path_rate``), which HF ViT lacks.
+- Optionally a soup selector (:class:`AdvSoupSelector`, ``config.selector_layers``): ``beta="auto"`` gives each image
+  the soup a small head chooses from the tokens after the first ``selector_layers`` blocks in robust mode (appendix
+  E's "automatic selection of the right soup for each sample"; docs/selection.md says what it can and cannot promise).
 
 How it runs: ``self.vit`` is an :class:`AdvSoupViTModel`, a :class:`~transformers.ViTModel` whose embeddings,
 layers and final LayerNorm are small subclasses of the stock modules, and whose forward is ViTModel's own; so output
@@ -35,13 +38,21 @@ import math
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.conversion_mapping import (
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+)
 from transformers.models.vit.modeling_vit import (
     ViTEmbeddings,
     ViTForImageClassification,
@@ -53,7 +64,13 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_advsoup import AdvSoupViTConfig, patch_grid, validate_beta
+from .configuration_advsoup import (
+    AUTO_BETA,
+    AdvSoupViTConfig,
+    patch_grid,
+    validate_beta,
+    validate_config_beta,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -382,6 +399,76 @@ class AdvSoupViTLayer(ViTLayer):
         return drop_path(self.dropout(hidden_states), self.drop_path_rate, self.training) + residual
 
 
+# ---------------------------------------------------------------------------------------------------- the selector
+class AdvSoupSelector(nn.Module):
+    r"""The soup selector of ``beta="auto"``: scores, per image, whether clean mode (high score) or robust mode (low
+    score) should classify it, from tokens the encoder computes anyway.
+
+    Input: the tokens after the first ``config.selector_layers`` blocks run in **robust mode** (``0``: the
+    embeddings), shape ``(batch, 1 + num_patches, hidden_size)``. Each patch token goes through ``LayerNorm ->
+    Linear(hidden_size, selector_hidden_size) -> GELU``; the mean and the maximum of these over the patches
+    (``2 * selector_hidden_size`` numbers: the maximum sees a perturbation confined to a few patches, which a mean
+    dilutes) go through ``Linear(2 * selector_hidden_size, 1)`` to the score ``s``, shape ``(batch,)``. ``beta =
+    sigmoid(s)`` (``selector_mode="soft"``) or ``1[s > 0]`` (``"hard"``), see :meth:`AdvSoupViTModel.selector_beta`.
+    (Chosen by measurement on Fashion-MNIST, docs/selection.md: per-token features beat statistics of the tokens.)
+
+    A selected soup then runs the whole network once at the chosen per-image ``beta``: ``(num_hidden_layers +
+    selector_layers) / num_hidden_layers`` forwards in all (the prefix cannot be shared: from the first block on,
+    the tokens depend on the adapter, hence on ``beta``). Trained with the backbone frozen, on clean images (target
+    1) and training-attack images (target 0): :class:`hf_advsoup.selection.SelectorTrainer`.
+    """
+
+    def __init__(self, config: AdvSoupViTConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.proj = nn.Linear(config.hidden_size, config.selector_hidden_size)
+        self.score = nn.Linear(2 * config.selector_hidden_size, 1)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``hidden_states`` ``(batch, 1 + num_patches, hidden_size)``; a 2-D ``attention_mask`` (1 = keep, the
+        classification token first) leaves padded patches out of the pooling. Returns the score ``(batch,)``."""
+        features = F.gelu(self.proj(self.norm(hidden_states[:, 1:])))
+        if attention_mask is not None and attention_mask.dim() == 2:
+            keep = attention_mask[:, 1:].to(features.dtype).unsqueeze(-1)
+            mean = (features * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+            peak = features.masked_fill(keep == 0, torch.finfo(features.dtype).min).amax(dim=1)
+        else:
+            mean, peak = features.mean(dim=1), features.amax(dim=1)
+        return self.score(torch.cat([mean, peak], dim=-1)).squeeze(-1)
+
+
+class _StraightThroughStep(torch.autograd.Function):
+    """``1[soft > 0.5]`` forward, identity backward: the hard selector's value with the soft selector's gradient
+    (BPDA, Athalye et al. 2018), so that gradient attacks can attack a hard selector end to end."""
+
+    @staticmethod
+    def forward(ctx, soft: torch.Tensor) -> torch.Tensor:
+        return (soft > 0.5).to(soft.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def _is_auto(beta) -> bool:
+    return isinstance(beta, str) and beta.strip().lower() == AUTO_BETA
+
+
+@dataclass
+class AdvSoupImageClassifierOutput(ImageClassifierOutput):
+    r"""The outputs of :class:`ImageClassifierOutput`, plus what the selector chose when ``beta="auto"``.
+
+    Args:
+        beta (`torch.FloatTensor` of shape `(batch_size,)`, *optional*):
+            The soup weight the selector gave each image (`beta="auto"` only): 1 = clean mode, 0 = robust mode.
+        selector_logits (`torch.FloatTensor` of shape `(batch_size,)`, *optional*):
+            The selector's score per image (`beta="auto"` only): `sigmoid(selector_logits)` is the soft `beta`.
+    """
+
+    beta: torch.FloatTensor | None = None
+    selector_logits: torch.FloatTensor | None = None
+
+
 class _SoupLoading:
     """Loading behaviour shared by the base and the classification model (see ``from_pretrained``)."""
 
@@ -394,8 +481,9 @@ class _SoupLoading:
         library load (their adversarial copies were kept in one ``adversarial_adapter`` dict); a checkpoint whose
         weights hold adversarial copies of other parameters than ``config.adapter`` names (an edited
         ``config.json``, or ``adapter=`` given for a checkpoint of another adapter) raises a ``ValueError``; ``beta``
-        and the patch geometry are validated at load. A vanilla ViT checkpoint, or one with ``adapter="none"``,
-        starts both copies from its weights."""
+        and the patch geometry are validated at load (``beta="auto"`` needs a model with a selector). A vanilla ViT
+        checkpoint, or one with ``adapter="none"``, starts both copies from its weights; a checkpoint without selector
+        weights loaded with ``selector_layers=k`` gets a freshly initialised (untrained) selector."""
         want_info = kwargs.pop("output_loading_info", False)
         kwargs["key_mapping"] = {**LEGACY_KEY_MAPPING, **(kwargs.pop("key_mapping", None) or {})}
         model, info = super().from_pretrained(
@@ -408,7 +496,8 @@ class _SoupLoading:
             if not set(getattr(c, "source_patterns", [])) & legacy
         ] or None
         model._check_loaded_adapter(info, pretrained_model_name_or_path)
-        validate_beta(model.config.beta)
+        model.config.beta = validate_config_beta(model.config.beta)
+        model.config.validate_selector()  # beta="auto" needs a selector
         return (model, info) if want_info else model
 
     def _check_loaded_adapter(self, info: dict, source) -> None:
@@ -440,7 +529,8 @@ class AdvSoupViTModel(_SoupLoading, ViTModel):
 
     Differences from :class:`~transformers.ViTModel`: the embeddings, layers and final LayerNorm are this file's
     subclasses (doubled adapter parameters, overlapping patches, stochastic depth); ``forward`` takes ``beta`` and
-    ``beta2``; ``pooler_output`` is what the classification head reads (the mean of the final patch tokens, or the
+    ``beta2`` (``beta="auto"``: one soup per image from :attr:`selector`, when the model has one); ``pooler_output``
+    is what the classification head reads (the mean of the final patch tokens, or the
     final classification token, by ``config.pooling``), not ViT's dense + tanh pooler, which this model has not.
     Checkpoints on disk use ViT's key names (ViT's key conversion is registered for this class).
     """
@@ -468,6 +558,8 @@ class AdvSoupViTModel(_SoupLoading, ViTModel):
             self.layernorm = AdvSoupLayerNorm(config.hidden_size, config.layer_norm_eps, self.soup_context)
         else:
             self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        config.validate_selector()
+        self.selector = AdvSoupSelector(config) if config.selector_layers is not None else None
         for module in self.modules():
             module.__dict__.pop("_is_hf_initialized", None)
         self.post_init()
@@ -495,7 +587,12 @@ class AdvSoupViTModel(_SoupLoading, ViTModel):
             # Under torch.compile a float may be traced symbolically: validate in eager mode only.
             return beta
         if beta is None:
-            return validate_beta(self.config.beta)
+            beta = self.config.beta
+        if _is_auto(beta):
+            raise ValueError(
+                f"{name}='auto' is chosen per image from the images themselves: call forward(pixel_values, "
+                f"beta='auto') or select_beta(pixel_values), not soup_for."
+            )
         if isinstance(beta, torch.Tensor):
             if beta.dim() == 0:
                 return validate_beta(beta.item())
@@ -508,6 +605,93 @@ class AdvSoupViTModel(_SoupLoading, ViTModel):
                 raise ValueError(f"{name} must be finite; got non-finite values in the per-sample tensor.")
             return beta.to(device=self.device, dtype=torch.float32)
         return validate_beta(beta)
+
+    # ------------------------------------------------------------------ the selector (beta="auto")
+    def uses_selector(self, beta: "Beta | str | None") -> bool:
+        """Whether a forward with this ``beta`` (``None``: ``config.beta``) selects its soups per image."""
+        return _is_auto(self.config.beta if beta is None else beta)
+
+    def add_selector(self, num_layers: int = 1, hidden_size: int = 64, mode: str = "soft") -> AdvSoupSelector:
+        """Give the model a new, untrained :class:`AdvSoupSelector` (replacing any selector it has) that reads the
+        tokens after ``num_layers`` robust-mode blocks; sets ``config.selector_layers``, ``selector_hidden_size`` and
+        ``selector_mode``. Initialised like the model's other layers, on the model's device and dtype. Train it with
+        :class:`hf_advsoup.selection.SelectorTrainer` (``scripts/train_selector.py``)."""
+        trial = copy.deepcopy(self.config)
+        trial.selector_layers, trial.selector_hidden_size, trial.selector_mode = num_layers, hidden_size, mode
+        trial.validate_selector()  # a bad value changes nothing
+        self.config.selector_layers, self.config.selector_hidden_size = int(num_layers), int(hidden_size)
+        self.config.selector_mode = mode
+        selector = AdvSoupSelector(self.config)
+        for module in selector.modules():
+            self._init_weights(module)
+        self.selector = selector.to(device=self.device, dtype=self.dtype)
+        return self.selector
+
+    def _require_selector(self) -> AdvSoupSelector:
+        if self.selector is None:
+            raise ValueError(
+                "beta='auto' needs a soup selector, and this model has none (config.selector_layers is None). Train "
+                "one on the co-trained model (python scripts/train_selector.py --model_name_or_path ..., see "
+                "docs/selection.md), or pass a number: beta=1 (clean mode), beta=0 (robust mode) or in between."
+            )
+        return self.selector
+
+    def selector_inputs(
+        self,
+        pixel_values: torch.Tensor,
+        num_layers: int | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """What the selector reads: the tokens after the first ``num_layers`` blocks (default
+        ``config.selector_layers``; ``0``: the embeddings) run in robust mode, shape ``(batch, 1 + num_patches,
+        hidden_size)``. Through the stock modules, so gradient checkpointing applies; not recorded as hidden states of
+        a forward."""
+        num_layers = self.config.selector_layers if num_layers is None else num_layers
+        if num_layers is None or not 0 <= num_layers <= len(self.layers):
+            raise ValueError(f"num_layers must be in [0, {len(self.layers)}], got {num_layers} (this model has no "
+                             "selector to take it from).")
+        robust = SoupWeights(0.0, 1.0)
+        token = self.soup_context.set(robust)
+        try:
+            dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+            hidden_states = self.embeddings(pixel_values.to(dtype),
+                                            interpolate_pos_encoding=bool(interpolate_pos_encoding))
+            mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states,
+                                             attention_mask=attention_mask)
+            for layer in self.layers[:num_layers]:
+                hidden_states = layer(hidden_states, mask, soup=robust)
+        finally:
+            self.soup_context.reset(token)
+        return hidden_states
+
+    def selector_logits(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The selector's score per image, shape ``(batch,)``, fp32: :class:`AdvSoupSelector` on
+        :meth:`selector_inputs`. ``> 0`` leans to clean mode."""
+        selector = self._require_selector()
+        hidden_states = self.selector_inputs(pixel_values, None, interpolate_pos_encoding, attention_mask)
+        return selector(hidden_states, attention_mask).float()
+
+    def selector_beta(self, selector_logits: torch.Tensor) -> torch.Tensor:
+        """``beta`` per image from the selector's scores: ``sigmoid(s)`` (``selector_mode="soft"``), or ``1[s > 0]``
+        (``"hard"``), whose gradient is the sigmoid's (straight through, BPDA) so that attacks can differentiate the
+        whole selected model."""
+        soft = torch.sigmoid(selector_logits.float())
+        return _StraightThroughStep.apply(soft) if self.config.selector_mode == "hard" else soft
+
+    def select_beta(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The soup weight ``beta="auto"`` gives each image, shape ``(batch,)``, in ``[0, 1]``."""
+        return self.selector_beta(self.selector_logits(pixel_values, interpolate_pos_encoding, attention_mask))
 
     def soup_for(self, batch_size: int, beta: Beta | None = None, beta2: Beta | None = None) -> SoupWeights:
         """The :class:`SoupWeights` that ``forward(..., beta=beta, beta2=beta2)`` uses for a batch of this size:
@@ -560,6 +744,9 @@ class AdvSoupViTModel(_SoupLoading, ViTModel):
         """
         if pixel_values is None:
             raise ValueError("pixel_values is required.")
+        if not isinstance(beta, SoupWeights) and self.uses_selector(beta):
+            _check_no_beta2(beta2)
+            beta = self.select_beta(pixel_values, interpolate_pos_encoding, attention_mask)
         soup = beta if isinstance(beta, SoupWeights) else self.soup_for(pixel_values.shape[0], beta, beta2)
         token = self.soup_context.set(soup)
         try:
@@ -576,6 +763,12 @@ class AdvSoupViTModel(_SoupLoading, ViTModel):
             self.soup_context.reset(token)
         outputs.pooler_output = self.pool(outputs.last_hidden_state, attention_mask)
         return outputs
+
+
+def _check_no_beta2(beta2) -> None:
+    if beta2 is not None:
+        raise ValueError("beta2 (the 2-D combination of appendix D) cannot be combined with beta='auto', which "
+                         "chooses soups beta * clean + (1 - beta) * adversarial.")
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -654,6 +847,21 @@ class AdvSoupViTForImageClassification(_SoupLoading, ViTForImageClassification):
         """See :meth:`AdvSoupViTModel.soup_for`."""
         return self.vit.soup_for(batch_size, beta, beta2)
 
+    # ------------------------------------------------------------------ the selector (beta="auto")
+    @property
+    def selector(self) -> AdvSoupSelector | None:
+        """The soup selector of ``beta="auto"`` (``self.vit.selector``), or ``None``."""
+        return self.vit.selector
+
+    def add_selector(self, num_layers: int = 1, hidden_size: int = 64, mode: str = "soft") -> AdvSoupSelector:
+        """See :meth:`AdvSoupViTModel.add_selector`."""
+        return self.vit.add_selector(num_layers, hidden_size, mode)
+
+    def select_beta(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """See :meth:`AdvSoupViTModel.select_beta`."""
+        return self.vit.select_beta(pixel_values, interpolate_pos_encoding, attention_mask)
+
     # ------------------------------------------------------------------ forward
     @can_return_tuple
     def forward(
@@ -665,7 +873,7 @@ class AdvSoupViTForImageClassification(_SoupLoading, ViTForImageClassification):
         beta: Beta | None = None,
         beta2: Beta | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> ImageClassifierOutput:
+    ) -> AdvSoupImageClassifierOutput:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -678,9 +886,10 @@ class AdvSoupViTForImageClassification(_SoupLoading, ViTForImageClassification):
             attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
                 As for ViT: 1 for tokens to attend to (the classification token first), 0 for padding. With
                 `pooling="mean"` the head averages the unmasked patch tokens only.
-            beta (`float` or `torch.Tensor` of shape `(batch_size,)`, *optional*):
+            beta (`float`, `torch.Tensor` of shape `(batch_size,)` or `"auto"`, *optional*):
                 Soup weight (Eq. 3): 1 = clean mode, 0 = robust mode, any finite value. Defaults to `config.beta`.
-                A tensor gives one soup per sample in the same forward.
+                A tensor gives one soup per sample in the same forward. `"auto"`: the model's selector chooses one
+                soup per image (the output then holds `beta` and `selector_logits`).
             beta2 (`float` or `torch.Tensor`, *optional*):
                 Weight of the adversarial copy for the 2-D combination of appendix D
                 (`beta * clean + beta2 * adversarial`). Defaults to `1 - beta`.
@@ -688,6 +897,13 @@ class AdvSoupViTForImageClassification(_SoupLoading, ViTForImageClassification):
                 (eager attention only; other back-ends return none, as for ViT), `return_dict`, and the attention
                 back-end's options, passed to every layer as `ViTModel.forward` does.
         """
+        selected = selector_logits = None
+        if self.vit.uses_selector(beta):
+            if pixel_values is None:
+                raise ValueError("pixel_values is required.")
+            _check_no_beta2(beta2)
+            selector_logits = self.vit.selector_logits(pixel_values, interpolate_pos_encoding, attention_mask)
+            beta = selected = self.vit.selector_beta(selector_logits)
         outputs = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
@@ -699,8 +915,9 @@ class AdvSoupViTForImageClassification(_SoupLoading, ViTForImageClassification):
         )
         logits = self.classifier(outputs.pooler_output)
         loss = self._loss(logits, labels) if labels is not None else None
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        return AdvSoupImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            beta=selected, selector_logits=selector_logits,
         )
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -741,13 +958,17 @@ class AdvSoupViTForImageClassification(_SoupLoading, ViTForImageClassification):
 
     def convert_adapter(self, adapter: str) -> "AdvSoupViTForImageClassification":
         """A copy of this model with another adapter type: every shared weight and the clean copies are kept, this
-        model's adversarial copies are dropped, and the new adapter's adversarial copies start as copies of the clean
-        parameters (as from a vanilla ViT). The deliberate way to change ``adapter``; ``from_pretrained`` refuses a
+        model's adversarial copies (and its soup selector, trained for them) are dropped, and the new adapter's
+        adversarial copies start as copies of the clean parameters (as from a vanilla ViT). The deliberate way to change ``adapter``; ``from_pretrained`` refuses a
         checkpoint whose weights do not match the adapter it is told."""
         config = copy.deepcopy(self.config)
         config.adapter = adapter
+        if config.selector_layers is not None:
+            logger.info("convert_adapter drops the soup selector: it was trained for the old adapter's robust mode.")
+        _without_selector(config)
         converted = type(self)(config).to(device=self.device, dtype=self.dtype)
-        shared = {k: v for k, v in self.state_dict().items() if not k.rpartition(".")[2].startswith(ADVERSARIAL_PREFIX)}
+        shared = {k: v for k, v in self.state_dict().items()
+                  if not k.rpartition(".")[2].startswith(ADVERSARIAL_PREFIX) and not k.startswith(_SELECTOR_PREFIX)}
         missing, unexpected = converted.load_state_dict(shared, strict=False)
         assert not unexpected and all(k.rpartition(".")[2].startswith(ADVERSARIAL_PREFIX) for k in missing), (
             missing, unexpected)
@@ -758,14 +979,15 @@ class AdvSoupViTForImageClassification(_SoupLoading, ViTForImageClassification):
     def export_soup(self, beta: float | None = None, beta2: float | None = None) -> "AdvSoupViTForImageClassification":
         """A standalone single-copy model (``adapter="none"``) whose adapters are the soup ``beta * clean + beta2 *
         adversarial``, baked in. It predicts exactly like ``self(x, beta=beta, beta2=beta2)`` and saves, loads and
-        fine-tunes like any ViT; ``config.beta`` records the exported ``beta``."""
+        fine-tunes like any ViT; ``config.beta`` records the exported ``beta``. It has no soup selector."""
         beta = validate_beta(self.config.beta if beta is None else beta)
         config = copy.deepcopy(self.config)
         config.adapter = "none"
         config.beta = beta
+        _without_selector(config)  # a single copy has one soup: nothing to select
         exported = type(self)(config).to(device=self.device, dtype=self.dtype)
         doubled = {"vit." + adversarial_name(n) for n in self.adapter_parameter_names}
-        state = {k: v for k, v in self.state_dict().items() if k not in doubled}
+        state = {k: v for k, v in self.state_dict().items() if k not in doubled and not k.startswith(_SELECTOR_PREFIX)}
         with torch.no_grad():
             for name, value in self.soup_adapter(beta, beta2).items():
                 state["vit." + name] = value
@@ -774,13 +996,24 @@ class AdvSoupViTForImageClassification(_SoupLoading, ViTForImageClassification):
         return exported
 
 
+_SELECTOR_PREFIX = "vit.selector."
+
+
+def _without_selector(config: AdvSoupViTConfig) -> None:
+    config.selector_layers = None
+    if _is_auto(config.beta):
+        config.beta = 1.0
+
+
 __all__ = [
-    "AdvSoupViTModel",
+    "AdvSoupImageClassifierOutput",
     "AdvSoupLayerNorm",
     "AdvSoupPatchProjection",
+    "AdvSoupSelector",
     "AdvSoupViTEmbeddings",
     "AdvSoupViTForImageClassification",
     "AdvSoupViTLayer",
+    "AdvSoupViTModel",
     "SoupContext",
     "SoupWeights",
     "adapter_parameter_names",

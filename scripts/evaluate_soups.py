@@ -16,6 +16,11 @@ Launch::
         --attack autoattack --extrapolate_betas -0.05 1.05 --landscape --landscape_attack pgd2 \\
         --min_clean_accuracy 0.8 --output_dir runs/imagenet/soups
 
+    # beta="auto" (a model with a trained selector, scripts/train_selector.py) against adaptive attacks, next to the
+    # fixed soups attacked the same way on the same 500 examples (docs/selection.md).
+    python scripts/evaluate_soups.py --model_name_or_path runs/fmnist-auto --datasets fashion_mnist:test \
+        --epsilon 0.1 --max_robust_examples 500 --auto --output_dir runs/fmnist-auto/soups
+
     # The baseline of Table 9: soups of all weights of two independently trained networks.
     python scripts/evaluate_soups.py --model_name_or_path runs/cotrained --independent_nominal_model runs/nominal \\
         --independent_adversarial_model runs/adversarial --datasets cifar10:test --output_dir runs/table9
@@ -37,7 +42,9 @@ ImageNet size the resize-and-centre-crop it records (``--eval_crop_pct`` overrid
 
 Writes into ``--output_dir``: ``soup_results.json`` (every number with its settings: threat model, examples, forward
 passes), ``soup_results.csv``, ``soup_results.md`` and PNG plots (``tradeoff.png``, ``accuracy_vs_beta.png``,
-``landscape.png``).
+``landscape.png``); with ``--auto`` also ``auto_results.json`` (per-example outcomes) and ``auto_results.md``:
+``beta="auto"`` and the fixed soups ``--auto_fixed_betas`` under the adaptive attacks of
+:func:`hf_advsoup.selection.evaluate_auto_soup` on the robust examples of the first robust data set.
 """
 
 from __future__ import annotations
@@ -49,12 +56,28 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+)
 
 from hf_advsoup import AdvSoupViTForImageClassification
-from hf_advsoup.data import DATASET_PRESETS, build_transforms, collate_fn, load_eval_split
+from hf_advsoup.data import (
+    DATASET_PRESETS,
+    build_transforms,
+    collate_fn,
+    load_eval_split,
+)
 from hf_advsoup.data.labels import match_class_names
-from hf_advsoup.soups import SoupEvaluation, SoupEvaluationArguments, evaluate_soups
+from hf_advsoup.selection import AutoEvaluationArguments, evaluate_auto_soup
+from hf_advsoup.soups import (
+    SoupEvaluation,
+    SoupEvaluationArguments,
+    collect_examples,
+    evaluate_soups,
+    restrict_logits,
+)
 
 logger = logging.getLogger("evaluate_soups")
 
@@ -156,8 +179,9 @@ def load_eval_data(spec: str, processor, batch_size: int, id2label: dict[int, st
 
 
 def main(argv: list[str] | None = None) -> SoupEvaluation:
-    parser = HfArgumentParser((EvaluateSoupsArguments, SoupEvaluationArguments))
-    script_args, soup_args = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
+    parser = HfArgumentParser((EvaluateSoupsArguments, SoupEvaluationArguments, AutoEvaluationArguments))
+    script_args, soup_args, auto_args = parser.parse_args_into_dataclasses(
+        args=list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.manual_seed(soup_args.seed)
     device = torch.device(script_args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -166,6 +190,9 @@ def main(argv: list[str] | None = None) -> SoupEvaluation:
     if not isinstance(model, AdvSoupViTForImageClassification):
         raise SystemExit(f"{script_args.model_name_or_path} is a {type(model).__name__}, not a co-trained "
                          "AdvSoupViTForImageClassification: there are no soups to evaluate.")
+    if auto_args.auto and model.selector is None:
+        raise SystemExit(f"--auto evaluates beta='auto', and {script_args.model_name_or_path} has no soup selector: "
+                         "train one with scripts/train_selector.py (docs/selection.md).")
     processor = AutoImageProcessor.from_pretrained(script_args.model_name_or_path)
 
     datasets, infos, class_indices = {}, [], {}
@@ -190,7 +217,7 @@ def main(argv: list[str] | None = None) -> SoupEvaluation:
         )
 
     normalization = None
-    if soup_args.robust:
+    if soup_args.robust or auto_args.auto:
         from hf_advsoup.attacks import Normalization
 
         normalization = Normalization.from_processor(processor)
@@ -204,7 +231,24 @@ def main(argv: list[str] | None = None) -> SoupEvaluation:
     })
 
     output_dir = Path(script_args.output_dir)
+    auto = None
+    if auto_args.auto:
+        # The examples of the fixed-beta robust rows: the first robust data set, its first max_robust_examples.
+        name = (soup_args.robust_datasets or list(datasets))[0]
+        if name not in datasets:
+            name = next(iter(datasets))
+        examples = collect_examples(datasets[name], soup_args.max_robust_examples, soup_args.batch_size)
+        with restrict_logits(model, class_indices.get(name)):
+            auto = evaluate_auto_soup(
+                model, examples, auto_args, normalization=normalization, epsilon=soup_args.epsilon,
+                attack_steps=soup_args.attack_steps,
+                fixed_betas=soup_args.all_betas if auto_args.auto_fixed_betas is None else auto_args.auto_fixed_betas,
+                dataset_name=name, batch_size=soup_args.batch_size, seed=soup_args.seed, progress=soup_args.progress,
+            )
+        result.settings["auto"] = {"comparison": auto.comparison(), "file": "auto_results.json"}
     paths = result.save(output_dir)
+    if auto is not None:
+        paths.update(auto.save(output_dir))
     if script_args.plots:
         from hf_advsoup.plots import plot_all
 
@@ -212,6 +256,8 @@ def main(argv: list[str] | None = None) -> SoupEvaluation:
     for kind, path in paths.items():
         logger.info("Wrote %s: %s", kind, path)
     print(result.to_markdown())
+    if auto is not None:
+        print(auto.to_markdown())
     return result
 
 

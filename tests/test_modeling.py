@@ -160,6 +160,10 @@ def test_own_checkpoint_round_trip_with_beta_override(tmp_path, adapter):
 
 def test_remote_code_loads_without_the_package(tmp_path):
     model = make_model(adapter="layernorm")
+    model.add_selector(1, 16)
+    with torch.no_grad():
+        for param in model.selector.parameters():
+            param.normal_(0.0, 0.2)
     model.save_pretrained(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["auto_map"]["AutoModelForImageClassification"].startswith("modeling_advsoup.")
@@ -169,6 +173,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         expected = model(x, beta=0.5).logits
+        expected_auto = model(x, beta="auto")
     script = textwrap.dedent(
         """
         import importlib.abc, sys
@@ -188,15 +193,25 @@ def test_remote_code_loads_without_the_package(tmp_path):
             x = torch.load(sys.argv[2])
             assert torch.equal(model.classifier(encoder(x).pooler_output), model(x).logits)
             torch.save(model(x).logits, sys.argv[3])
+            # beta="auto": the selector, its module and weights, came with the remote code.
+            auto = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True, beta="auto")
+            out = auto.eval()(x)
+            assert type(auto.vit.selector).__name__ == "AdvSoupSelector" and out.beta.shape == (x.shape[0],)
+            torch.save({"logits": out.logits, "beta": out.beta}, sys.argv[4])
         """
     )
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "ckpt"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        [sys.executable, "-c", script, str(tmp_path / "ckpt"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt"),
+         str(tmp_path / "auto.pt")],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, rtol=0, atol=1e-6)
+    auto = torch.load(tmp_path / "auto.pt")
+    torch.testing.assert_close(auto["logits"], expected_auto.logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(auto["beta"], expected_auto.beta, rtol=0, atol=1e-6)
+    assert expected_auto.beta.std() > 1e-3  # the images got different soups
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -509,3 +524,124 @@ def test_split_units_are_modules_whose_forward_runs():
     for hook in hooks:
         hook.remove()
     assert model._no_split_modules <= called
+
+
+# --------------------------------------------------------------------------------------------------- beta="auto"
+def make_auto_model(layers=1, mode="soft", **overrides):
+    """A soup model with a selector whose scores differ across images (random head weights, larger than at init)."""
+    model = make_model(**overrides)
+    model.add_selector(layers, 16, mode)
+    with torch.no_grad():
+        for param in model.selector.parameters():
+            param.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_auto_beta_is_the_soup_of_the_selector_read_from_robust_mode(adapter, layers):
+    model = make_auto_model(layers, adapter=adapter, pooling="cls")
+    x = images(6)
+    with torch.no_grad():
+        out = model(x, beta="auto")
+        assert out.beta.shape == (6,) and ((out.beta > 0) & (out.beta < 1)).all() and out.beta.std() > 1e-3
+        torch.testing.assert_close(out.beta, torch.sigmoid(out.selector_logits), rtol=0, atol=0)
+        # The selector reads the tokens after `layers` blocks of the robust-mode forward.
+        robust_tokens = model(x, beta=0.0, output_hidden_states=True).hidden_states[layers]
+        torch.testing.assert_close(out.selector_logits, model.selector(robust_tokens), rtol=0, atol=1e-6)
+        # Then one forward at the selected per-sample soups, exactly.
+        torch.testing.assert_close(out.logits, model(x, beta=out.beta).logits, rtol=0, atol=0)
+        # The prefix is not recorded as hidden states of the auto forward.
+        assert len(model(x, beta="auto", output_hidden_states=True).hidden_states) == TINY["num_hidden_layers"] + 1
+        # The encoder alone selects the same soups.
+        torch.testing.assert_close(model.vit(x, beta="auto").pooler_output, model.vit(x, beta=out.beta).pooler_output,
+                                   rtol=0, atol=0)
+
+
+def test_hard_selector_picks_a_mode_and_passes_the_soft_gradient_through():
+    model = make_auto_model(mode="hard")
+    x = images(6).requires_grad_(True)
+    out = model(x, beta="auto")
+    assert set(out.beta.tolist()) <= {0.0, 1.0} and torch.equal(out.beta, (out.selector_logits > 0).float())
+    torch.testing.assert_close(out.logits, model(x, beta=out.beta.detach()).logits, rtol=0, atol=0)
+    out.beta.sum().backward()  # straight through: the gradient of sigmoid(score)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_auto_beta_needs_a_selector_and_no_beta2():
+    model = make_model()
+    with pytest.raises(ValueError, match="needs a soup selector.*train_selector.py"):
+        model(images(2), beta="auto")
+    with pytest.raises(ValueError, match="needs a soup selector"):
+        AdvSoupViTConfig(**TINY, beta="auto")
+    with pytest.raises(TypeError, match="finite number"):
+        model(images(2), beta="automatic")
+    auto = make_auto_model()
+    with pytest.raises(ValueError, match="beta2"):
+        auto(images(2), beta="auto", beta2=0.3)
+    with pytest.raises(ValueError, match="chosen per image"):
+        auto.soup_for(2, "auto")
+    with pytest.raises(TypeError, match="only accepted by the model's forward"):
+        auto.ensemble_forward(images(2), beta="auto")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"selector_layers": 3}, r"selector_layers must be an integer in \[0, num_hidden_layers=2\]"),
+     ({"selector_layers": 1, "selector_mode": "sharp"}, "'soft', 'hard'"),
+     ({"selector_layers": 1, "selector_hidden_size": 0}, "positive integer")],
+)
+def test_invalid_selector_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdvSoupViTConfig(**TINY, **kwargs)
+    model = make_model()
+    with pytest.raises(ValueError, match=message):
+        model.add_selector(kwargs["selector_layers"], kwargs.get("selector_hidden_size", 16),
+                           kwargs.get("selector_mode", "soft"))
+    assert model.selector is None and model.config.selector_layers is None  # a refused selector changes nothing
+
+
+def test_auto_beta_through_from_pretrained_and_pipeline(tmp_path):
+    model = make_auto_model(id2label={i: f"class_{i}" for i in range(5)}, label2id={f"class_{i}": i for i in range(5)})
+    model.save_pretrained(tmp_path)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path, beta="auto").eval()
+    assert loaded.config.beta == "auto" and loaded.config.selector_layers == 1
+    x = images(3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x, beta="auto").logits, rtol=0, atol=0)
+        torch.testing.assert_close(loaded(x).beta, model(x, beta="auto").beta, rtol=0, atol=0)
+    # The pipeline: the processor's pixels, then beta="auto" from the model's config.
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    classify = pipeline("image-classification", model=str(tmp_path), model_kwargs={"beta": "auto"})
+    scores = {r["label"]: r["score"] for r in classify(image, top_k=5)}
+    pixels = (torch.from_numpy(np.array(image)).permute(2, 0, 1).float()[None] / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        expected = model(pixels, beta="auto").logits.softmax(-1)[0]
+    assert all(abs(scores[f"class_{i}"] - float(expected[i])) < 1e-5 for i in range(5))
+    with torch.no_grad():
+        assert not torch.allclose(model(pixels, beta=1.0).logits.softmax(-1)[0], expected, atol=1e-4)
+
+
+def test_a_model_without_a_selector_refuses_auto_at_load(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="needs a soup selector"):
+        AutoModelForImageClassification.from_pretrained(tmp_path, beta="auto")
+    # A selector can be added at load; it is initialised (untrained), not left as garbage.
+    loaded = AdvSoupViTForImageClassification.from_pretrained(tmp_path, selector_layers=1, beta="auto")
+    assert_initialised(loaded)
+    assert loaded.selector.proj.weight.std() < 0.1 and loaded(images(2)).beta.shape == (2,)
+
+
+def test_export_and_convert_drop_the_selector(tmp_path):
+    model = make_auto_model()
+    exported = model.export_soup(0.4)
+    assert exported.selector is None and exported.config.selector_layers is None
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x).logits, model(x, beta=0.4).logits, rtol=0, atol=1e-5)
+    converted = model.convert_adapter("layernorm")
+    assert converted.selector is None and converted.config.selector_layers is None
+    assert model.selector is not None  # the source keeps its own
