@@ -228,31 +228,40 @@ FASHION_MNIST = StudyPreset(
     dataset_name="fashion_mnist",
     output_dir="model_cards/fashion-mnist",
     image_size=28,
+    # Patch 7 (16 patches): about 2.6x cheaper per image than patch 4, so five epochs of 12,000 images fit in about
+    # 4 CPU-minutes per PGD-2 co-training run, the size the 2-hour budget allows (docs/reproduce.md); measured
+    # there: clean mode 74% clean / 18% robust, robust mode 71% clean / 47% robust (PGD-40 at 0.1, 500 test images).
     model=ModelShape(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                     patch_size=4),
-    recipe=TrainingRecipe(num_train_epochs=6, per_device_train_batch_size=64, base_learning_rate=1e-2,
-                          warmup_epochs=1.0, weight_decay=0.05, ema_decay=0.99, random_resized_crop=True,
-                          crop_min_scale=0.6, horizontal_flip=True),
+                     patch_size=7),
+    # A short schedule: a larger learning rate, a half-epoch warm-up, a faster EMA (about 50 steps) and milder crops.
+    recipe=TrainingRecipe(num_train_epochs=5, per_device_train_batch_size=64, base_learning_rate=2e-2,
+                          warmup_epochs=0.5, weight_decay=0.05, ema_decay=0.98, random_resized_crop=True,
+                          crop_min_scale=0.8, horizontal_flip=True),
     epsilon_grid=("0.05", "0.1", "0.15"),
     default_epsilon="0.1",  # the field's usual l_inf radius on Fashion-MNIST
     epsilon_max_nominal_robust=0.10,
     epsilon_min_clean_ratio=0.85,
-    train_samples=10_000,
+    train_samples=12_000,
     validation_samples=2_000,
     validation_robust_samples=500,
-    test_samples=None,  # all 10,000 test images for clean accuracy
+    test_samples=5_000,  # a seeded half of the 10,000 test images: one image is 0.02 points
     test_robust_samples=1_000,
     monitor_samples=200,
     monitor_steps=5,
+    soup_betas=(0.0, 0.25, 0.5, 0.75, 1.0),
     soup_robust_samples=500,
+    transfer_steps=200,
     transfer_horizontal_flip=True,  # clothes are mirror-symmetric
     notes=(
         "Zalando's Fashion-MNIST (28x28 grayscale, 10 classes; the offline IDX files): training on a fixed seeded "
         "subset of the 54,000 training images left after the validation carve-out (6,000 stratified images, of "
-        "which the first 2,000 are used for tuning), reporting on the 10,000 test images.",
+        "which a seeded 2,000 are used for tuning and monitoring), reporting on a seeded 5,000 of the 10,000 test "
+        "images.",
         "At l_inf 0.1, the field's usual radius here, adversarial training costs clean accuracy, so the two modes "
         "have a trade-off to show; the epsilon rule accepts adversarial training keeping 85% of the nominal clean "
         "accuracy (Fashion-MNIST's cost at 0.1 is larger than ImageNet's at 4/255).",
+        "Every run is short (12,000 images x 5 epochs, patch 7) so that the whole study, second seeds included, fits "
+        "in two hours on two CPU cores: absolute accuracies are those of four CPU-minutes of training.",
     ),
 )
 
