@@ -5,6 +5,10 @@
   including the two-network baseline when it was run).
 - :func:`plot_landscape`: heatmaps over ``(beta1, beta2)``: clean, robust, and the mean of the min-max normalized
   clean and robust accuracies (Figure 8 a, b, c).
+- :func:`plot_pareto`: clean vs robust accuracy of several trained models with their Pareto front (Figure 3: one
+  point per co-training weight alpha).
+- :func:`plot_training_curves`: a monitored metric against the epoch, one line per run (Figure 6: robust accuracy
+  during training, collapses marked).
 
 Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas directly: no pyplot, no global backend
 change, no display needed, safe in threads and tests. Accuracies are shown in percent.
@@ -13,6 +17,7 @@ change, no display needed, safe in threads and tests. Accuracies are shown in pe
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -45,9 +50,11 @@ def _threat_text(result: SoupEvaluation, dataset: str, family: str = "soup") -> 
     return describe_threat_model(threat) if threat else "no attack"
 
 
-def plot_tradeoff(result: SoupEvaluation, path: str | Path, dataset: str | None = None, dpi: int = 120) -> Path:
+def plot_tradeoff(result: SoupEvaluation, path: str | Path, dataset: str | None = None, dpi: int = 120,
+                  extra_points: Mapping[str, tuple[float, float]] | None = None) -> Path:
     """Clean accuracy (x) against robust accuracy (y) of soups and ensembles, each point labelled with its
-    ``beta`` (Figure 4 of the paper). ``dataset`` defaults to the first one with robust numbers."""
+    ``beta`` (Figure 4 of the paper). ``dataset`` defaults to the first one with robust numbers. ``extra_points``:
+    ``{label: (clean, robust)}`` (fractions) of other settings of the same model, drawn as labelled stars."""
     if dataset is None:
         dataset = next((r.dataset for r in result.records if r.metric == "robust_accuracy"), None)
     if dataset is None:
@@ -70,6 +77,10 @@ def plot_tradeoff(result: SoupEvaluation, path: str | Path, dataset: str | None 
         drawn += 1
     if not drawn:
         raise ValueError(f"No beta of {dataset!r} has both clean and robust accuracy.")
+    for label, (clean, robust) in (extra_points or {}).items():
+        ax.plot([100 * clean], [100 * robust], marker="*", markersize=12, linestyle="none", color="tab:red",
+                label=label)
+        ax.annotate(label, (100 * clean, 100 * robust), textcoords="offset points", xytext=(5, -10), fontsize=8)
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_title(f"Soups vs ensembles on {dataset}\n{_threat_text(result, dataset)}", fontsize=9)
@@ -152,16 +163,19 @@ def _normalized_mean(clean: list[list[float]], robust: list[list[float]]) -> lis
     return [[(a + b) / 2 for a, b in zip(rc, rr)] for rc, rr in zip(c, r)]
 
 
-def plot_all(result: SoupEvaluation, output_dir: str | Path, dpi: int = 120) -> dict[str, Path]:
+def plot_all(result: SoupEvaluation, output_dir: str | Path, dpi: int = 120,
+             extra_points: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Path]:
     """Every figure the evaluation supports, in ``output_dir``: ``accuracy_vs_beta.png``, and when robust numbers
-    exist ``tradeoff[_<dataset>].png`` (one per attacked data set), and ``landscape[_<dataset>].png``."""
+    exist ``tradeoff[_<dataset>].png`` (one per attacked data set; ``extra_points`` on the first one, see
+    :func:`plot_tradeoff`), and ``landscape[_<dataset>].png``."""
     output_dir = Path(output_dir)
     paths = {"accuracy_vs_beta": plot_accuracy_vs_beta(result, output_dir / "accuracy_vs_beta.png", dpi)}
     attacked = list(dict.fromkeys(r.dataset for r in result.records
                                   if r.metric == "robust_accuracy" and r.family != "landscape"))
     for dataset in attacked:
         suffix = "" if dataset == attacked[0] else f"_{_slug(dataset)}"
-        paths[f"tradeoff{suffix}"] = plot_tradeoff(result, output_dir / f"tradeoff{suffix}.png", dataset, dpi)
+        paths[f"tradeoff{suffix}"] = plot_tradeoff(result, output_dir / f"tradeoff{suffix}.png", dataset, dpi,
+                                                   extra_points=extra_points if not suffix else None)
     landscapes = list(dict.fromkeys(r.dataset for r in result.filter(family="landscape")))
     for dataset in landscapes:
         suffix = "" if dataset == landscapes[0] else f"_{_slug(dataset)}"
@@ -169,8 +183,54 @@ def plot_all(result: SoupEvaluation, output_dir: str | Path, dpi: int = 120) -> 
     return paths
 
 
+def plot_pareto(points: Mapping[str, tuple[float, float]], front: Sequence[str], path: str | Path, *, xlabel: str,
+                ylabel: str, title: str, dpi: int = 120) -> Path:
+    """Clean (x) against robust (y) accuracy of several models, ``{label: (clean, robust)}`` (fractions, drawn in
+    percent), each point labelled, the labels in ``front`` joined as the Pareto front (Figure 3)."""
+    figure = Figure(figsize=(5.5, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    xs = {label: 100 * c for label, (c, _) in points.items()}
+    ys = {label: 100 * r for label, (_, r) in points.items()}
+    ax.plot(list(xs.values()), list(ys.values()), "o", color="tab:blue", label="trained models")
+    ordered = sorted((label for label in front if label in points), key=lambda label: xs[label])
+    ax.plot([xs[label] for label in ordered], [ys[label] for label in ordered], "-", color="tab:red", alpha=0.6,
+            label="Pareto front")
+    for label in points:
+        ax.annotate(label, (xs[label], ys[label]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(figure, path, dpi)
+
+
+def plot_training_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, *, ylabel: str,
+                         title: str, marked: Collection[str] = (), mark_text: str = "collapsed",
+                         dpi: int = 120) -> Path:
+    """A metric monitored during training, ``{run label: [(epoch, value)]}`` (fractions, drawn in percent), one line
+    per run; the labels in ``marked`` get ``[mark_text]`` in the legend (Figure 6: catastrophic overfitting)."""
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    drawn = 0
+    for label, series in curves.items():
+        if series:
+            ax.plot([e for e, _ in series], [100 * v for _, v in series], marker=".",
+                    label=label + (f" [{mark_text}]" if label in marked else ""))
+            drawn += 1
+    if not drawn:
+        raise ValueError("No monitored values to plot.")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    return _save(figure, path, dpi)
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-__all__ = ["plot_accuracy_vs_beta", "plot_all", "plot_landscape", "plot_tradeoff"]
+__all__ = ["plot_accuracy_vs_beta", "plot_all", "plot_landscape", "plot_pareto", "plot_tradeoff",
+           "plot_training_curves"]

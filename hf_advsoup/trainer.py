@@ -62,6 +62,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction, ha
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .attacks import Normalization, attack, check_pixel_range, linf_bounds, linf_sign_step, pixel_range_excess
+from .catastrophic_overfitting import collapse_min_best, is_collapse
 from .free_training import FreeBatch, FreeReplaySampler, free_state_file, load_free_state, save_free_state
 from .modeling_advsoup import SoupWeights
 from .training_args import CoTrainingArguments
@@ -372,7 +373,8 @@ class CatastrophicOverfittingCallback(TrainerCallback):
 
     A collapse is reported when, once the best robust accuracy has exceeded ``min_best`` and twice the chance level
     ``1 / num_labels`` (early in training robust accuracy hovers around chance, and a dip there is noise, not a
-    collapse), an evaluation falls below ``drop * best``. It logs a warning naming the likely causes; with ``stop=True`` it also stops training, prevents
+    collapse), an evaluation falls below ``drop * best``: :func:`hf_advsoup.catastrophic_overfitting.is_collapse`, the
+    rule the reproduction study applies to logged runs too. It logs a warning naming the likely causes; with ``stop=True`` it also stops training, prevents
     the collapsed weights from being saved as a checkpoint, and records :attr:`last_good_checkpoint` (the last
     checkpoint saved no later than the last good evaluation), which :class:`CoTrainer` restores after training.
     """
@@ -381,7 +383,7 @@ class CatastrophicOverfittingCallback(TrainerCallback):
                  metric: str = "eval_robust_accuracy", num_labels: int | None = None, cause: str | None = None):
         self.cause = cause
         self.drop = drop
-        self.min_best = max(min_best, 2.0 / num_labels) if num_labels else min_best
+        self.min_best = collapse_min_best(min_best, num_labels)
         self.stop = stop
         self.metric = metric
         self.best: float | None = None
@@ -404,7 +406,7 @@ class CatastrophicOverfittingCallback(TrainerCallback):
         value = (metrics or {}).get(self.metric)
         if value is None:
             return
-        if self.best is not None and self.best >= self.min_best and value < self.drop * self.best:
+        if is_collapse(value, self.best, drop=self.drop, min_best=self.min_best):
             if not self.collapsed:
                 self.collapsed_at_step = state.global_step
             logger.warning(
