@@ -96,6 +96,14 @@ class SoupEvaluationArguments:
             "'autoattack': AutoAttack, needs pyautoattack), or 'none' for clean accuracy only."
         },
     )
+    autoattack_attacks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "With --attack autoattack: run only these AutoAttack attacks (pyautoattack's custom version), "
+            "e.g. 'apgd-ce' or 'apgd-ce apgd-t', instead of the standard four (APGD-CE, APGD-T, FAB-T, Square). "
+            "Default: empty = the standard version. APGD-CE alone is the cheap closing check of a training run."
+        },
+    )
     epsilon: str | None = field(
         default=None,
         metadata={
@@ -160,9 +168,14 @@ class SoupEvaluationArguments:
                 f"min_clean_accuracy is a fraction in [0, 1], got {self.min_clean_accuracy} (did you mean "
                 f"{self.min_clean_accuracy / 100:g}?)."
             )
+        self.autoattack_attacks = [name.lower() for name in self.autoattack_attacks]
+        if self.autoattack_attacks and self.attack != "autoattack":
+            raise ValueError(f"autoattack_attacks {self.autoattack_attacks} needs attack='autoattack', got attack="
+                             f"{self.attack!r}.")
         if self.robust:
             # Unknown presets, epsilon=4 for l_inf, ...: clear errors now rather than after the clean sweep.
-            build_attack(self.attack, epsilon=self.epsilon, steps=self.attack_steps)
+            build_attack(self.attack, epsilon=self.epsilon, steps=self.attack_steps,
+                         autoattack_attacks=self.autoattack_attacks)
 
     @property
     def all_betas(self) -> list[float]:
@@ -350,7 +363,8 @@ def describe_threat_model(threat: Mapping[str, Any]) -> str:
     if threat.get("steps") is not None:
         parts.append(f"{threat['steps']} steps")
     if threat.get("version"):
-        parts.append(f"{threat['version']} version")
+        attacks = threat.get("attacks")
+        parts.append(f"{threat['version']} version" + (f" ({' + '.join(attacks).upper()})" if attacks else ""))
     return ", ".join(parts)
 
 
@@ -566,11 +580,13 @@ def clean_sweep(
 
 
 # --------------------------------------------------------------------------------------------------- robust sweeps
-def build_attack(name: str, *, epsilon: float | str | None = None, steps: int | None = None):
+def build_attack(name: str, *, epsilon: float | str | None = None, steps: int | None = None,
+                 autoattack_attacks: Sequence[str] = ()):
     """The :class:`~hf_advsoup.attacks.AttackConfig` of preset ``name`` (``"pgd40"``, ``"autoattack"``, ``"pgd2"``,
     ...) with optional ``epsilon`` (pixel units, a number or a fraction such as ``"8/255"``) and ``steps``
-    overrides."""
-    from .attacks import PRESETS, AttackConfig
+    overrides. ``autoattack_attacks`` (``"autoattack"`` only, e.g. ``["apgd-ce"]``) runs just those AutoAttack
+    attacks (pyautoattack's custom version) instead of the standard version."""
+    from .attacks import AUTOATTACK_ATTACKS, PRESETS, AttackConfig
 
     if name not in PRESETS:
         raise ValueError(f"Unknown attack {name!r}; valid presets: {', '.join(PRESETS)} (or 'none').")
@@ -582,6 +598,14 @@ def build_attack(name: str, *, epsilon: float | str | None = None, steps: int | 
                 "--attack autoattack needs pyautoattack: pip install --no-deps pyautoattack==0.2.0 (or use pgd40)."
             ) from error
     overrides: dict[str, Any] = {}
+    if autoattack_attacks:
+        if name != "autoattack":
+            raise ValueError(f"autoattack_attacks {list(autoattack_attacks)} needs the 'autoattack' attack, got "
+                             f"{name!r}.")
+        unknown = [a for a in autoattack_attacks if a not in AUTOATTACK_ATTACKS]
+        if unknown:
+            raise ValueError(f"Unknown AutoAttack attacks {unknown}; valid: {', '.join(AUTOATTACK_ATTACKS)}.")
+        overrides.update(autoattack_version="custom", autoattack_attacks=list(autoattack_attacks))
     if epsilon is not None:
         overrides["epsilon"] = epsilon
     if steps is not None:
@@ -599,6 +623,8 @@ def threat_model_of(config, preset: str | None = None) -> dict[str, Any]:
         # AutoAttack runs its own schedule (APGD-CE, APGD-T, FAB-T, Square): no single step count.
         "steps": int(config.steps) if config.name != "autoattack" else None,
         "version": config.autoattack_version if config.name == "autoattack" else None,
+        "attacks": list(config.autoattack_attacks) if config.name == "autoattack" and config.autoattack_attacks
+        else None,
         "restarts": int(config.restarts),
         "step_size": float(config.effective_step_size) if config.name != "autoattack" else None,
         "loss": config.loss,
@@ -911,11 +937,14 @@ def evaluate_soups(
             if unknown:
                 raise ValueError(f"robust_datasets {unknown} are not among the data sets: {', '.join(names)}.")
             robust_names = list(args.robust_datasets)
-        attack_config = build_attack(args.attack, epsilon=args.epsilon, steps=args.attack_steps)
+        attack_config = build_attack(args.attack, epsilon=args.epsilon, steps=args.attack_steps,
+                                     autoattack_attacks=args.autoattack_attacks)
         landscape_name = args.landscape_attack or args.attack
         if args.landscape and args.landscape_robust:
+            own = args.landscape_attack is None
             landscape_config = build_attack(landscape_name, epsilon=args.epsilon,
-                                            steps=args.attack_steps if args.landscape_attack is None else None)
+                                            steps=args.attack_steps if own else None,
+                                            autoattack_attacks=args.autoattack_attacks if own else ())
     grid = [(b1, b2) for b1 in args.landscape_betas for b2 in args.landscape_betas] if args.landscape else []
     common = dict(batch_size=args.batch_size, bf16=args.bf16, progress=args.progress)
 
