@@ -99,6 +99,14 @@ class SoupEvaluationArguments:
             "'pgd40': the paper's PGD-40 alone (cheaper, weaker); 'autoattack': AutoAttack, needs pyautoattack."
         },
     )
+    autoattack_attacks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "With --attack autoattack: run only these AutoAttack attacks (pyautoattack's custom version), "
+            "e.g. 'apgd-ce' or 'apgd-ce apgd-t', instead of the standard four (APGD-CE, APGD-T, FAB-T, Square). "
+            "Default: empty = the standard version. APGD-CE alone is the cheap closing check of a training run."
+        },
+    )
     epsilon: str | None = field(
         default=None,
         metadata={
@@ -173,10 +181,15 @@ class SoupEvaluationArguments:
                 f"min_clean_accuracy is a fraction in [0, 1], got {self.min_clean_accuracy} (did you mean "
                 f"{self.min_clean_accuracy / 100:g}?)."
             )
+        self.autoattack_attacks = [name.lower() for name in self.autoattack_attacks]
+        if self.autoattack_attacks and self.attack != "autoattack":
+            raise ValueError(f"autoattack_attacks {self.autoattack_attacks} needs attack='autoattack', got attack="
+                             f"{self.attack!r}.")
         if self.robust:
             # Unknown presets, epsilon=4 for l_inf, ...: clear errors now rather than after the clean sweep.
             build_attack(self.attack, epsilon=self.epsilon, steps=self.attack_steps,
-                         target_classes=self.attack_target_classes)
+                         target_classes=self.attack_target_classes,
+                         autoattack_attacks=self.autoattack_attacks)
 
     @property
     def all_betas(self) -> list[float]:
@@ -368,7 +381,8 @@ def describe_threat_model(threat: Mapping[str, Any]) -> str:
     if threat.get("steps") is not None:
         parts.append(f"{threat['steps']} steps")
     if threat.get("version"):
-        parts.append(f"{threat['version']} version")
+        attacks = threat.get("attacks")
+        parts.append(f"{threat['version']} version" + (f" ({' + '.join(attacks).upper()})" if attacks else ""))
     return ", ".join(parts)
 
 
@@ -643,11 +657,13 @@ def clean_sweep(
 
 # --------------------------------------------------------------------------------------------------- robust sweeps
 def build_attack(name: str, *, epsilon: float | str | None = None, steps: int | None = None,
-                 target_classes: int | None = None):
+                 target_classes: int | None = None, autoattack_attacks: Sequence[str] = ()):
     """The :class:`~hf_advsoup.attacks.AttackConfig` of preset ``name`` (``"report"``, ``"pgd40"``,
     ``"autoattack"``, ``"pgd2"``, ...) with optional ``epsilon`` (pixel units, a number or a fraction such as
-    ``"8/255"``), ``steps`` and ``target_classes`` (MultiTargeted classes) overrides."""
-    from .attacks import PRESETS, AttackConfig
+    ``"8/255"``), ``steps`` and ``target_classes`` (MultiTargeted classes) overrides. ``autoattack_attacks``
+    (``"autoattack"`` only, e.g. ``["apgd-ce"]``) runs just those AutoAttack attacks (pyautoattack's custom version)
+    instead of the standard version."""
+    from .attacks import AUTOATTACK_ATTACKS, PRESETS, AttackConfig
 
     if name not in PRESETS:
         raise ValueError(f"Unknown attack {name!r}; valid presets: {', '.join(PRESETS)} (or 'none').")
@@ -659,6 +675,14 @@ def build_attack(name: str, *, epsilon: float | str | None = None, steps: int | 
                 "--attack autoattack needs pyautoattack: pip install --no-deps pyautoattack==0.2.0 (or use pgd40)."
             ) from error
     overrides: dict[str, Any] = {}
+    if autoattack_attacks:
+        if name != "autoattack":
+            raise ValueError(f"autoattack_attacks {list(autoattack_attacks)} needs the 'autoattack' attack, got "
+                             f"{name!r}.")
+        unknown = [a for a in autoattack_attacks if a not in AUTOATTACK_ATTACKS]
+        if unknown:
+            raise ValueError(f"Unknown AutoAttack attacks {unknown}; valid: {', '.join(AUTOATTACK_ATTACKS)}.")
+        overrides.update(autoattack_version="custom", autoattack_attacks=list(autoattack_attacks))
     if epsilon is not None:
         overrides["epsilon"] = epsilon
     if steps is not None:
@@ -682,6 +706,7 @@ def threat_model_of(config, preset: str | None = None) -> dict[str, Any]:
         "epsilon": float(config.epsilon),
         "steps": int(config.steps) if gradient else None,
         "version": config.autoattack_version if not gradient else None,
+        "attacks": list(config.autoattack_attacks) if not gradient and config.autoattack_attacks else None,
         "restarts": int(config.restarts),
         "step_size": float(config.effective_step_size) if gradient else None,
         "lr_decay_steps": config.effective_lr_decay_steps if config.name == "pgd40" else None,
@@ -1012,13 +1037,15 @@ def evaluate_soups(
                 raise ValueError(f"robust_datasets {unknown} are not among the data sets: {', '.join(names)}.")
             robust_names = list(args.robust_datasets)
         attack_config = build_attack(args.attack, epsilon=args.epsilon, steps=args.attack_steps,
-                                     target_classes=args.attack_target_classes)
+                                     target_classes=args.attack_target_classes,
+                                     autoattack_attacks=args.autoattack_attacks)
         landscape_name = args.landscape_attack or args.attack
         if args.landscape and args.landscape_robust:
             same = args.landscape_attack is None
             landscape_config = build_attack(landscape_name, epsilon=args.epsilon,
                                             steps=args.attack_steps if same else None,
-                                            target_classes=args.attack_target_classes if same else None)
+                                            target_classes=args.attack_target_classes if same else None,
+                                            autoattack_attacks=args.autoattack_attacks if same else ())
     grid = [(b1, b2) for b1 in args.landscape_betas for b2 in args.landscape_betas] if args.landscape else []
     common = dict(batch_size=args.batch_size, bf16=args.bf16, progress=args.progress)
 

@@ -251,6 +251,39 @@ def test_arguments_are_validated():
         evaluate_soups(ViTForImageClassification(ViTConfig(**TINY)), {"t": make_data(make_model(), n=3)})
 
 
+def test_closing_table_with_apgd_ce_only_is_the_library_attack_at_each_beta():
+    """The short soup table a training run ends with: betas 1, 0.5, 0, soups only, APGD-CE alone (pyautoattack's
+    custom version), the same numbers as the library's AutoAttack wrapper gives beta by beta."""
+    pytest.importorskip("pyautoattack")
+    model = make_model()
+    x, y = make_data(model, n=12)
+    args = SoupEvaluationArguments(betas=[1.0, 0.5, 0.0], ensembles=False, attack="autoattack",
+                                   autoattack_attacks=["APGD-CE"], epsilon="2/255", batch_size=12,
+                                   max_robust_examples=8, progress=False)
+    result = evaluate_soups(model, {"test": (x, y)}, args, normalization=NORM)
+    robust = result.filter(metric="robust_accuracy")
+    assert [(r.family, r.beta, r.num_examples) for r in robust] == [("soup", b, 8) for b in (0.0, 0.5, 1.0)]
+    assert result.settings["threat_model"]["version"] == "custom"
+    assert result.settings["threat_model"]["attacks"] == ["apgd-ce"]
+    config = AttackConfig.from_preset("autoattack", epsilon="2/255", autoattack_version="custom",
+                                      autoattack_attacks=["apgd-ce"])
+    for record in robust:
+        direct = evaluate_robustness(model, x[:8], y[:8], [config], normalization=NORM,
+                                     forward_kwargs={"beta": record.beta}, batch_size=12, seed=0, show_progress=False)
+        assert record.value == direct.robust_accuracy
+    markdown = result.to_markdown()
+    assert "| beta | soup clean | soup robust |" in markdown and "ensemble" not in markdown
+    assert "AutoAttack (apgd-ce)" in markdown and "custom version (apgd-ce)" in markdown
+
+
+def test_autoattack_subset_is_validated():
+    with pytest.raises(ValueError, match="needs attack='autoattack'"):
+        SoupEvaluationArguments(attack="pgd40", autoattack_attacks=["apgd-ce"])
+    pytest.importorskip("pyautoattack")
+    with pytest.raises(ValueError, match="Unknown AutoAttack attacks"):
+        SoupEvaluationArguments(attack="autoattack", autoattack_attacks=["apgd-xx"])
+
+
 # --------------------------------------------------------------------------------------------------- Table 9 baseline
 def _vit(seed):
     torch.manual_seed(seed)
