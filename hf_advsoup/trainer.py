@@ -972,8 +972,10 @@ class CoTrainer(Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     # -------------------------------------------------------------- evaluation
-    def _ema_weights(self):
-        """The EMA weights swapped into the model (when EMA is on and training has begun), else nothing."""
+    def ema_weights(self):
+        """Context manager: the EMA weights swapped into the model (when EMA is on and training has begun; the weights
+        that :meth:`save_model` writes and :meth:`evaluate` measures), else the model as it is. Use it to evaluate the
+        trained model outside the Trainer (e.g. ``scripts/cotrain.py``'s soup table)."""
         if self.ema is None or not self.ema.initialized:
             return contextlib.nullcontext(self.model)
         return self.ema.swapped(self.model)
@@ -982,12 +984,12 @@ class CoTrainer(Trainer):
         """:meth:`~transformers.Trainer.evaluate` with the EMA weights (when EMA is on and training has begun).
         The training steps' deferred checks run first, so a non-finite loss stops the run before it is evaluated."""
         self._raise_on_failed_checks()
-        with self._ema_weights():
+        with self.ema_weights():
             return super().evaluate(*args, **kwargs)
 
     def predict(self, *args, **kwargs):
         """:meth:`~transformers.Trainer.predict` with the EMA weights, like :meth:`evaluate` and the saved model."""
-        with self._ema_weights():
+        with self.ema_weights():
             return super().predict(*args, **kwargs)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,

@@ -174,6 +174,25 @@ class CoTrainingArguments(TrainingArguments):
             "which robust accuracy is measured at each evaluation. 0 disables robust monitoring."
         },
     )
+    soup_table: bool = field(
+        default=False,
+        metadata={
+            "help": "scripts/cotrain.py ends by printing the soups' clean and robust accuracy at beta 1, 0.5 and 0 on "
+            "the test split (else the evaluation split) and whether they show a clean-vs-robust trade-off "
+            "(hf_advsoup.soup_table; also saved as soup_table.md). On in the tiny recipes."
+        },
+    )
+    soup_table_attack: str = field(
+        default="apgd-ce",
+        metadata={
+            "help": "Attack of the soup table's robust column: an AutoAttack attack ('apgd-ce', several joined by "
+            "'+') or a preset of hf_advsoup.attacks ('report', 'pgd40'). Radius: eval_epsilon, else train_epsilon."
+        },
+    )
+    soup_table_robust_samples: int = field(
+        default=500,
+        metadata={"help": "Images attacked for the soup table (the first ones of its split)."},
+    )
     catastrophic_overfitting_drop: float = field(
         default=0.5,
         metadata={
@@ -294,6 +313,8 @@ class CoTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"catastrophic_overfitting_drop must be in (0, 1), got {self.catastrophic_overfitting_drop}."
             )
+        if self.soup_table_robust_samples < 1:
+            raise ValueError(f"soup_table_robust_samples must be >= 1, got {self.soup_table_robust_samples}.")
         if self.robust_eval_samples < 0:
             raise ValueError(f"robust_eval_samples must be >= 0, got {self.robust_eval_samples}.")
         if self.warmup_epochs is not None and self.warmup_epochs < 0:
@@ -412,6 +433,16 @@ class CoTrainingArguments(TrainingArguments):
             return None
         return _attack_config(self.eval_attack, epsilon=self.eval_epsilon, steps=self.eval_attack_steps)
 
+
+    def soup_table_epsilon(self) -> float:
+        """Radius of the soup table's attack (pixel units): ``eval_epsilon`` when set, else ``train_epsilon``, else the
+        monitoring preset's (``pgd40``'s when monitoring is off)."""
+        from .attacks import AttackConfig
+
+        for value in (self.eval_epsilon, self.train_epsilon):
+            if value is not None:
+                return float(AttackConfig.from_preset("pgd40", epsilon=value).epsilon)
+        return float(AttackConfig.from_preset(self.eval_attack or "pgd40").epsilon)
 
 def _attack_config(preset: str, **overrides):
     """``AttackConfig.from_preset(preset, **overrides)`` with the ``None`` overrides dropped (they keep the preset's

@@ -4,8 +4,9 @@ and dual-adapter runs all use this script (``--alpha``, ``--adapter``).
 
 Launch::
 
-    # The embedded default: a tiny dual-token ViT on scikit-learn's digits, offline, on a CPU, in a few minutes.
-    python scripts/cotrain.py --output_dir runs/digits
+    # The main job: a tiny dual-token ViT, offline, on a CPU, in a few minutes, ending with a soup table. On
+    # Fashion-MNIST when it is installed (apt-get install dataset-fashion-mnist), else on scikit-learn's digits.
+    python scripts/cotrain.py --output_dir runs/main
 
     # A recipe file (YAML or JSON; every field of the argument classes below), with command-line overrides.
     python scripts/cotrain.py scripts/configs/vit_s_cifar10.yaml --output_dir runs/cifar10 --alpha 0.4
@@ -16,8 +17,10 @@ Launch::
 
 Arguments come from four dataclasses parsed by :class:`~transformers.HfArgumentParser`: :class:`ModelArguments`
 (below), :class:`hf_advsoup.data.DataArguments`, :class:`hf_advsoup.augmentation.AugmentationArguments` and
-:class:`hf_advsoup.training_args.CoTrainingArguments`. With no recipe file, the defaults are the tiny digits run
-(:data:`EMBEDDED_DEFAULTS`); a recipe file replaces them, and command-line flags override both.
+:class:`hf_advsoup.training_args.CoTrainingArguments`. With no recipe file, the defaults are one of two tiny runs
+(:func:`embedded_defaults`): :data:`FASHION_MNIST_DEFAULTS` when Fashion-MNIST's files are on this machine and
+``--dataset_name`` is not given (or is ``fashion_mnist``), else :data:`EMBEDDED_DEFAULTS` (digits); a recipe file
+replaces them, and command-line flags override both. Both end by printing the soup table (``--soup_table``).
 
 The saved model (EMA weights, image processor, remote code) loads with
 ``AutoModelForImageClassification.from_pretrained(output_dir, beta=0.5)`` and works in
@@ -162,7 +165,76 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
     "seed": 0,
     "dataloader_num_workers": 0,
+    "soup_table": True,
 }
+
+#: Defaults of a run without a recipe file when Fashion-MNIST is installed (equal to
+#: scripts/configs/fashion_mnist_tiny.yaml): the main job, a visible clean-vs-robust trade-off in a few minutes on
+#: 2 CPU cores.
+FASHION_MNIST_DEFAULTS: dict[str, Any] = {
+    # model: 2 blocks, class-token pooling (the two tokens feed the head directly), 16x16 px, patch 4
+    "pooling": "cls",
+    "image_size": 16,
+    "num_hidden_layers": 2,
+    # data: a seeded subset of 16,000 training images; whole images (no crops or flips at 16 px)
+    "dataset_name": "fashion_mnist",
+    "max_train_samples": 16000,
+    "horizontal_flip": False,
+    "random_resized_crop": False,
+    "randaugment_num_layers": 0,
+    "mixup_alpha": 0.0,
+    "cutmix_alpha": 0.0,
+    # training: l_inf 0.1, alpha 0.6, 3 epochs of batch 32
+    "alpha": 0.6,
+    "train_attack": "pgd2",
+    "train_epsilon": "0.1",
+    "eval_epsilon": "0.1",
+    "eval_attack_steps": 10,
+    "robust_eval_samples": 200,
+    "soup_table": True,
+    "soup_table_attack": "apgd-ce",
+    "soup_table_robust_samples": 500,
+    "num_train_epochs": 3,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 256,
+    "base_learning_rate": 1e-2,
+    "warmup_epochs": 1,
+    "weight_decay": 0.05,
+    "ema_decay": 0.99,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "logging_steps": 50,
+    "report_to": "none",
+    "seed": 0,
+    "dataloader_num_workers": 0,
+}
+
+
+def embedded_defaults(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """The defaults of a run without a recipe file, and why: Fashion-MNIST's tiny run when ``--dataset_name`` is
+    absent (or ``fashion_mnist``) and the data set's IDX files are on this machine, else the digits run."""
+    from hf_advsoup.data import local_preset_folder
+
+    dataset = _flag_value(argv, "dataset_name")
+    if dataset in (None, "fashion_mnist"):
+        folder = local_preset_folder("fashion_mnist")
+        if folder is not None:
+            return f"the Fashion-MNIST main job (files in {folder})", FASHION_MNIST_DEFAULTS
+        if dataset is None:
+            return ("the digits run (Fashion-MNIST is not installed: `apt-get install dataset-fashion-mnist` makes "
+                    "the main job the Fashion-MNIST run, whose soups show the trade-off)"), EMBEDDED_DEFAULTS
+    return "the digits run's settings", EMBEDDED_DEFAULTS
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of ``--name`` in ``argv`` (``--name value`` or ``--name=value``), or ``None``."""
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def build_parser() -> HfArgumentParser:
@@ -173,7 +245,7 @@ def parse_arguments(argv: list[str] | None = None):
     """``[recipe.yaml|recipe.json] [--flag value ...]`` -> the four argument dataclasses.
 
     The recipe's values become the parser's defaults (so flags override them); unknown recipe keys are errors.
-    Without a recipe, :data:`EMBEDDED_DEFAULTS` are the defaults.
+    Without a recipe, :func:`embedded_defaults` chooses the defaults.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -193,7 +265,9 @@ def parse_arguments(argv: list[str] | None = None):
                              "valid ones.")
         defaults = recipe
     else:
-        defaults = EMBEDDED_DEFAULTS
+        why, defaults = embedded_defaults(argv)
+        if "-h" not in argv and "--help" not in argv:
+            logger.warning("No recipe file: running %s.", why)
     parser.set_defaults(**defaults)
     if defaults.get("output_dir") is None:
         # TrainingArguments would quietly write into ./trainer_output.
@@ -433,6 +507,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.log_metrics("test", test_metrics)
         trainer.save_metrics("test", test_metrics)
         metrics.update(test_metrics)
+    table = None
+    if training_args.soup_table and trainer.is_world_process_zero():
+        split = "test" if "test" in dataset else "validation"
+        table = print_soup_table(trainer, dataset[split], split, training_args)
     if trainer.is_world_process_zero():
         print(
             f"Saved to {training_args.output_dir}: clean accuracy (clean mode) "
@@ -440,7 +518,40 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{trainer.eval_attack.label if trainer.eval_attack else 'no attack'}) "
             f"{metrics.get('eval_robust_accuracy', float('nan')):.4f}"
         )
+    if table is not None:
+        metrics.update({f"soup_table_{kind}_beta{beta:g}": value
+                        for kind, curve in (("clean", table.clean), ("robust", table.robust))
+                        for beta, value in curve.items()})
     return metrics
+
+
+def print_soup_table(trainer: CoTrainer, data, split: str, training_args: CoTrainingArguments):
+    """Evaluate the saved model's soups at beta 1, 0.5, 0 (:mod:`hf_advsoup.soup_table`), print the table and write
+    it to ``soup_table.md`` in the output folder."""
+    from torch.utils.data import DataLoader
+
+    from hf_advsoup.attacks import Normalization
+    from hf_advsoup.soup_table import soup_table
+
+    loader = DataLoader(data, batch_size=training_args.per_device_eval_batch_size, shuffle=False,
+                        collate_fn=collate_fn)
+    logger.info("Soup table: clean accuracy on %d %s images, robust accuracy under %s on the first %d.", len(data),
+                split, training_args.soup_table_attack, min(len(data), training_args.soup_table_robust_samples))
+    with trainer.ema_weights():  # the saved model's weights
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = model.training
+        table = soup_table(
+            model, loader, normalization=Normalization.from_processor(trainer.processing_class),
+            epsilon=training_args.soup_table_epsilon(), attack=training_args.soup_table_attack,
+            robust_examples=training_args.soup_table_robust_samples,
+            batch_size=training_args.per_device_eval_batch_size, dataset=split, progress=not training_args.disable_tqdm,
+        )
+        model.train(was_training)
+    text = table.to_text()
+    print("\n" + text + "\n")
+    with open(os.path.join(training_args.output_dir, "soup_table.md"), "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    return table
 
 
 if __name__ == "__main__":

@@ -14,3 +14,13 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _main_job_on_digits(monkeypatch):
+    """``scripts/cotrain.py`` without a recipe runs the Fashion-MNIST main job where Fashion-MNIST is installed and
+    the digits run elsewhere; tests see the digits run on every machine. The tests of that choice set
+    ``hf_advsoup.data.local_preset_folder`` themselves."""
+    import hf_advsoup.data
+
+    monkeypatch.setattr(hf_advsoup.data, "local_preset_folder", lambda name: None)

@@ -22,7 +22,7 @@ TINY = [
     "--image_size", "8", "--patch_size", "4", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size",
     "32", "--max_steps", "3", "--eval_strategy", "no", "--save_strategy", "no", "--robust_eval_samples", "16",
     "--eval_attack_steps", "2", "--max_eval_samples", "32", "--dataloader_pin_memory", "False",
-    "--disable_tqdm", "True",
+    "--disable_tqdm", "True", "--soup_table", "false",
 ]
 
 
@@ -64,6 +64,55 @@ def test_recipe_files_parse_and_digits_recipe_equals_embedded_defaults(tmp_path)
     embedded = cotrain.parse_arguments(["--output_dir", str(tmp_path), "--use_cpu"])
     for from_file, default in zip(parsed["digits_tiny.yaml"], embedded):
         assert dataclasses.asdict(from_file) == dataclasses.asdict(default)
+
+
+def test_main_job_is_fashion_mnist_when_installed_and_digits_otherwise(tmp_path, monkeypatch):
+    import hf_advsoup.data
+
+    recipe = cotrain.parse_arguments([str(ROOT / "scripts" / "configs" / "fashion_mnist_tiny.yaml"), "--output_dir",
+                                      str(tmp_path)])
+    monkeypatch.setattr(hf_advsoup.data, "local_preset_folder", lambda name: tmp_path / "fashion-mnist")
+    embedded = cotrain.parse_arguments(["--output_dir", str(tmp_path)])
+    for from_file, default in zip(recipe, embedded):
+        assert dataclasses.asdict(from_file) == dataclasses.asdict(default)
+    model, data, _, train = embedded
+    assert data.dataset_name == "fashion_mnist" and model.pooling == "cls" and train.alpha == 0.6
+    assert train.soup_table and train.soup_table_attack == "apgd-ce" and train.soup_table_epsilon() == 0.1
+    # An explicit other data set keeps the digits run's settings, installed or not.
+    _, data, _, train = cotrain.parse_arguments(["--output_dir", str(tmp_path), "--dataset_name", "digits"])
+    assert data.dataset_name == "digits" and train.alpha == 0.5 and train.num_train_epochs == 30
+    # Not installed: the digits run, with its soup table too.
+    monkeypatch.setattr(hf_advsoup.data, "local_preset_folder", lambda name: None)
+    _, data, _, train = cotrain.parse_arguments(["--output_dir", str(tmp_path)])
+    assert data.dataset_name == "digits" and train.soup_table and abs(train.soup_table_epsilon() - 8 / 255) < 1e-9
+
+
+def test_run_ends_with_the_soup_table(tmp_path, capsys):
+    pytest.importorskip("pyautoattack")
+    out = tmp_path / "digits"
+    metrics = cotrain.main(["--output_dir", str(out), *TINY, "--soup_table", "true",
+                            "--soup_table_robust_samples", "8"])
+    printed = capsys.readouterr().out
+    assert "| beta | mode | clean accuracy | robust accuracy |" in printed
+    assert "AutoAttack (apgd-ce)" in printed and "on the first 8" in printed
+    assert (out / "soup_table.md").read_text().strip() in printed
+    for beta in ("1", "0.5", "0"):
+        assert 0.0 <= metrics[f"soup_table_clean_beta{beta}"] <= 1.0
+        assert 0.0 <= metrics[f"soup_table_robust_beta{beta}"] <= metrics[f"soup_table_clean_beta{beta}"] + 1e-9
+    # The table measures the saved (EMA) model: clean mode's clean accuracy is the run's own evaluation of clean mode
+    # on the same 32 validation digits, and the saved model gives the same table.
+    assert metrics["soup_table_clean_beta1"] == pytest.approx(metrics["eval_clean_accuracy"])
+    from hf_advsoup.attacks import Normalization
+    from hf_advsoup.soup_table import soup_table
+
+    saved = AutoModelForImageClassification.from_pretrained(out)
+    data = cotrain.load_image_dataset(cotrain.parse_arguments(["--output_dir", str(out), *TINY])[1])
+    processor = cotrain.AutoImageProcessor.from_pretrained(out)
+    cotrain.set_image_transforms(data, processor, cotrain.parse_arguments(["--output_dir", str(out), *TINY])[1])
+    batch = cotrain.collate_fn([data["validation"][i] for i in range(len(data["validation"]))])
+    again = soup_table(saved, (batch["pixel_values"], batch["labels"]), normalization=Normalization.from_processor(
+        processor), epsilon=8 / 255, robust_examples=8, progress=False)
+    assert again.clean == {b: metrics[f"soup_table_clean_beta{b:g}"] for b in (1.0, 0.5, 0.0)}
 
 
 def test_recipe_with_unknown_key_is_rejected(tmp_path):

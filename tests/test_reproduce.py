@@ -142,7 +142,7 @@ def test_arguments_and_presets_reject_bad_input():
     quick = get_study_preset("fashion_mnist", quick=True)
     full = get_study_preset("fashion_mnist")
     assert quick.train_samples < full.train_samples and quick.recipe.num_train_epochs < full.recipe.num_train_epochs
-    assert full.default_epsilon == "0.1" and "0.1" in full.epsilon_grid and full.report_attacks == ("pgd40",)
+    assert full.default_epsilon == "0.1" and "0.1" in full.epsilon_grid and full.report_attacks == ("report",)
 
 
 # ----------------------------------------------------------------------------------------------- scheduler

@@ -464,3 +464,26 @@ def test_script_rejects_a_dataset_with_a_class_the_model_lacks(tmp_path, evaluat
     with pytest.raises(ValueError, match=r"1 of the 4 classes of data set .* are not classes of the model: 'd'"):
         evaluate_script.main(["--model_name_or_path", str(tmp_path / "ckpt"), "--output_dir", str(tmp_path / "o"),
                               "--datasets", f"{data}:validation", "--attack", "none", "--progress", "false"])
+
+
+def test_soup_table_reads_the_trade_off_and_refuses_unknown_attacks():
+    from hf_advsoup.soup_table import SoupTable, TradeOff, soup_table
+
+    model = make_model()
+    x, y = make_data(model, n=12)
+    table = soup_table(model, (x, y), normalization=NORM, epsilon="2/255", attack="pgd2", robust_examples=6,
+                       batch_size=12, progress=False)
+    assert sorted(table.clean) == [0.0, 0.5, 1.0] and table.num_clean == 12 and table.num_robust == 6
+    assert table.attack_name.startswith("PGD-2") and "on the first 6" in table.to_text()
+    made_up = SoupTable("test", {1.0: 0.82, 0.5: 0.80, 0.0: 0.74}, {1.0: 0.13, 0.5: 0.27, 0.0: 0.48}, "APGD-CE", 0.1,
+                        10000, 500, table.evaluation)
+    assert made_up.trade_off.shows_trade_off() and "Trade-off:" in made_up.to_text()
+    assert made_up.trade_off.robust_gain == pytest.approx(0.35) and made_up.trade_off.clean_cost == pytest.approx(0.08)
+    flat = SoupTable("test", {1.0: 0.975, 0.5: 0.975, 0.0: 0.975}, {1.0: 0.80, 0.5: 0.81, 0.0: 0.81}, "APGD-CE", 0.03,
+                     360, 360, table.evaluation)
+    assert not flat.trade_off.shows_trade_off() and "No clear trade-off" in flat.to_text()
+    assert not TradeOff(0.3, 0.05, halfway_between=False).shows_trade_off()
+    with pytest.raises(ValueError, match="Unknown soup-table attack"):
+        soup_table(model, (x, y), normalization=NORM, epsilon=0.1, attack="apgd-x")
+    with pytest.raises(ValueError, match="robust_examples"):
+        soup_table(model, (x, y), normalization=NORM, epsilon=0.1, robust_examples=0)

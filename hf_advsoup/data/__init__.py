@@ -46,7 +46,7 @@ from .loading import load_eval_split, load_image_dataset
 from .presets import DATASET_PRESETS, DatasetPreset, find_preset
 from .processor import align_image_processor, default_eval_crop_pct
 from .schema import DataReport, detect_columns
-from .sources import DatasetUnavailableError, load_digits_dataset
+from .sources import DatasetUnavailableError, load_digits_dataset, local_preset_folder
 from .transforms import ImageClassificationTransform, build_transforms, collate_fn, set_image_transforms
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "load_eval_split",
     "load_idx_folder",
     "load_image_dataset",
+    "local_preset_folder",
     "match_class_names",
     "read_idx",
     "set_image_transforms",

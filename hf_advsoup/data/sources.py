@@ -258,6 +258,16 @@ def _preset_idx_folder(preset: DatasetPreset) -> tuple[Path | None, list[str]]:
     return None, tried
 
 
+def local_preset_folder(name: str) -> Path | None:
+    """The folder holding preset ``name``'s IDX files on this machine (its environment variable's folder, else the
+    first of its local folders, e.g. the Debian package's ``/usr/share/datasets/fashion-mnist``), or ``None`` when
+    none holds them or the preset has no local files. Never reads the network; never raises for a missing folder
+    (an environment variable that names a folder without the files still raises, as loading would)."""
+    preset = find_preset(name)
+    if preset is None or not preset.idx_files:
+        return None
+    return _preset_idx_folder(preset)[0]
+
 def _load_source(
     name: str,
     config_name: str | None,

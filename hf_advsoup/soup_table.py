@@ -1,0 +1,140 @@
+"""The short soup table a co-training run ends with: clean and robust accuracy of the soups at beta 1 (clean mode),
+0.5 and 0 (robust mode), and whether they show the clean-vs-robust trade-off the method exists for.
+
+``scripts/cotrain.py`` prints it after training (``--soup_table``, on by default in the two tiny recipes); from
+Python::
+
+    from hf_advsoup.soup_table import soup_table
+    table = soup_table(model, loader, normalization=Normalization.from_processor(processor), epsilon=0.1)
+    print(table.to_text())
+
+The robust column defaults to APGD-CE alone (pyautoattack's custom version with the standard version's settings,
+through :mod:`hf_advsoup.attacks`): a step-size-free attack that is cheap enough to end a CPU run with, and much
+stronger than a short PGD. Clean accuracy is measured on every example of the split, robust accuracy on its first
+``robust_examples``. Any attack preset of :mod:`hf_advsoup.attacks` (e.g. ``report``) can replace it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .soups import EvalData, SoupEvaluation, SoupEvaluationArguments, evaluate_soups
+
+__all__ = ["SoupTable", "TradeOff", "soup_table", "TABLE_BETAS"]
+
+TABLE_BETAS = (1.0, 0.5, 0.0)
+"""Soup weights of the table: clean mode, the halfway soup, robust mode."""
+
+
+@dataclass(frozen=True)
+class TradeOff:
+    """What the table's end points say. ``robust_gain``: robust accuracy of robust mode minus clean mode's;
+    ``clean_cost``: clean accuracy of clean mode minus robust mode's (both fractions); ``halfway_between``: the 0.5 soup
+    lies between the two modes on both metrics."""
+
+    robust_gain: float
+    clean_cost: float
+    halfway_between: bool
+
+    def shows_trade_off(self, min_robust_gain: float = 0.15, min_clean_cost: float = 0.02) -> bool:
+        """The thresholds the README's main job is held to: robust mode at least 15 points more robust, clean mode
+        at least 2 points more accurate on clean images, the 0.5 soup in between."""
+        return self.robust_gain >= min_robust_gain and self.clean_cost >= min_clean_cost and self.halfway_between
+
+
+@dataclass
+class SoupTable:
+    """The soups' clean and robust accuracy (fractions) per beta, on one split, with the full evaluation kept."""
+
+    dataset: str
+    clean: dict[float, float]
+    robust: dict[float, float]
+    attack_name: str
+    epsilon: float
+    num_clean: int
+    num_robust: int
+    evaluation: SoupEvaluation
+
+    @property
+    def trade_off(self) -> TradeOff:
+        c, r = self.clean, self.robust
+        between = all(min(v[1.0], v[0.0]) <= v[0.5] <= max(v[1.0], v[0.0]) for v in (c, r))
+        return TradeOff(robust_gain=r[0.0] - r[1.0], clean_cost=c[1.0] - c[0.0], halfway_between=between)
+
+    def to_text(self) -> str:
+        """A markdown table and one sentence that reads it."""
+        lines = [
+            f"Soups on {self.dataset}: clean accuracy on {self.num_clean} images, robust accuracy under "
+            f"{self.attack_name} at l_inf {self.epsilon:.4g} on the first {self.num_robust}",
+            "",
+            "| beta | mode | clean accuracy | robust accuracy |",
+            "|---|---|---|---|",
+        ]
+        names = {1.0: "clean mode", 0.5: "soup", 0.0: "robust mode"}
+        for beta in TABLE_BETAS:
+            lines.append(f"| {beta:g} | {names[beta]} | {100 * self.clean[beta]:.1f}% | {100 * self.robust[beta]:.1f}% |")
+        t = self.trade_off
+        summary = (f"robust mode is {100 * t.robust_gain:.1f} points more robust than clean mode and "
+                   f"{100 * t.clean_cost:.1f} points less accurate on clean images; the 0.5 soup lies "
+                   f"{'between them' if t.halfway_between else 'outside them on at least one metric'}")
+        if t.shows_trade_off():
+            summary = "Trade-off: " + summary + ". Any beta in between picks a point on it, at the cost of one forward."
+        else:
+            summary = ("No clear trade-off (below +15 robust / 2 clean points): " + summary + ". The two tokens did "
+                       "not specialise much on this run; see docs/cotraining.md for recipes that make them.")
+        lines += ["", summary]
+        return "\n".join(lines)
+
+
+def soup_table(
+    model,
+    data: EvalData,
+    *,
+    normalization,
+    epsilon: float | str,
+    attack: str = "apgd-ce",
+    robust_examples: int = 500,
+    batch_size: int = 256,
+    dataset: str = "test",
+    class_indices: Sequence[int] | None = None,
+    progress: bool = True,
+) -> SoupTable:
+    """Evaluate the soups at beta 1, 0.5 and 0 on ``data`` (:data:`hf_advsoup.soups.EvalData`).
+
+    Args:
+        model: a co-trained :class:`~hf_advsoup.AdvSoupViTForImageClassification` (left unchanged).
+        normalization: the image processor's :class:`~hf_advsoup.attacks.Normalization` (attacks run in pixels).
+        epsilon: l_inf radius in pixel units (``0.1``, ``"8/255"``).
+        attack: ``"apgd-ce"`` (default), another AutoAttack attack name (``"apgd-t"``; several joined by ``+``), or a
+            preset of :mod:`hf_advsoup.attacks` (``"report"``, ``"pgd40"``, ``"autoattack"``).
+        robust_examples: attacked examples (the first ones of ``data``).
+    """
+    from .attacks import AUTOATTACK_ATTACKS, PRESETS
+
+    names = [name.strip().lower() for name in attack.split("+")]
+    if all(name in AUTOATTACK_ATTACKS for name in names):
+        preset, subset = "autoattack", names
+    elif attack in PRESETS:
+        preset, subset = attack, []
+    else:
+        raise ValueError(f"Unknown soup-table attack {attack!r}: an AutoAttack attack ({', '.join(AUTOATTACK_ATTACKS)}; "
+                         f"several joined by '+') or a preset ({', '.join(PRESETS)}).")
+    if robust_examples < 1:
+        raise ValueError(f"robust_examples must be >= 1, got {robust_examples}.")
+    args = SoupEvaluationArguments(
+        betas=list(TABLE_BETAS), ensembles=False, attack=preset, autoattack_attacks=subset, epsilon=str(epsilon),
+        max_robust_examples=robust_examples, batch_size=batch_size, progress=progress,
+    )
+    result = evaluate_soups(model, {dataset: data}, args, normalization=normalization,
+                            class_indices={dataset: class_indices} if class_indices is not None else None)
+    clean = result.curve(dataset, "soup", "clean_accuracy")
+    robust = result.curve(dataset, "soup", "robust_accuracy")
+    clean_records = result.filter(dataset=dataset, family="soup", metric="clean_accuracy")
+    robust_records = result.filter(dataset=dataset, family="soup", metric="robust_accuracy")
+    threat = robust_records[0].threat_model or {}
+    return SoupTable(
+        dataset=dataset, clean=clean, robust=robust, attack_name=str(threat.get("name", preset)),
+        epsilon=float(threat.get("epsilon", float("nan"))), num_clean=int(clean_records[0].num_examples),
+        num_robust=int(robust_records[0].num_examples), evaluation=result,
+    )
