@@ -126,6 +126,11 @@ def measure_memory(args: argparse.Namespace) -> float:
         # Create the optimizer state first, on a 2-image batch (negligible activations), so that it counts in
         # neither mode's growth; peak RSS never decreases, so the full-size steps must come after the baseline.
         step(trainer, {key: value[:2] for key, value in batch.items()})
+        if trainer.args.free_training:
+            # The 2-image step began a free minibatch whose replays would re-use its 2 images: start the full-size
+            # steps on a minibatch of their own (replay 0 of the next block).
+            replays = trainer.args.free_replays
+            trainer.state.global_step = -(-trainer.state.global_step // replays) * replays
         before = peak_rss_kib()
         for _ in range(3):
             step(trainer, batch)
