@@ -172,6 +172,7 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
 #: scripts/configs/fashion_mnist_tiny.yaml): the main job, a visible clean-vs-robust trade-off in a few minutes on
 #: 2 CPU cores.
 FASHION_MNIST_DEFAULTS: dict[str, Any] = {
+    **EMBEDDED_DEFAULTS,  # the digits run's optimizer, schedule, EMA, strategies and monitoring attack, then:
     # model: 2 blocks, class-token pooling (the two tokens feed the head directly), 16x16 px, patch 4
     "pooling": "cls",
     "image_size": 16,
@@ -179,35 +180,18 @@ FASHION_MNIST_DEFAULTS: dict[str, Any] = {
     # data: a seeded subset of 16,000 training images; whole images (no crops or flips at 16 px)
     "dataset_name": "fashion_mnist",
     "max_train_samples": 16000,
-    "horizontal_flip": False,
     "random_resized_crop": False,
-    "randaugment_num_layers": 0,
-    "mixup_alpha": 0.0,
-    "cutmix_alpha": 0.0,
     # training: l_inf 0.1, alpha 0.6, 3 epochs of batch 32
     "alpha": 0.6,
-    "train_attack": "pgd2",
     "train_epsilon": "0.1",
     "eval_epsilon": "0.1",
-    "eval_attack_steps": 10,
     "robust_eval_samples": 200,
-    "soup_table": True,
     "soup_table_attack": "apgd-ce",
     "soup_table_robust_samples": 500,
     "num_train_epochs": 3,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 256,
-    "base_learning_rate": 1e-2,
-    "warmup_epochs": 1,
-    "weight_decay": 0.05,
-    "ema_decay": 0.99,
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
     "logging_steps": 50,
-    "report_to": "none",
-    "seed": 0,
-    "dataloader_num_workers": 0,
 }
 
 
