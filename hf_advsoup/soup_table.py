@@ -66,7 +66,7 @@ class SoupTable:
         """A markdown table and one sentence that reads it."""
         lines = [
             f"Soups on {self.dataset}: clean accuracy on {self.num_clean} images, robust accuracy under "
-            f"{self.attack_name} at l_inf {self.epsilon:.4g} on the first {self.num_robust}",
+            f"{self.attack_name} at l_inf {_radius(self.epsilon)} on the first {self.num_robust}",
             "",
             "| beta | mode | clean accuracy | robust accuracy |",
             "|---|---|---|---|",
@@ -85,6 +85,12 @@ class SoupTable:
                        "not specialise much on this run; see docs/cotraining.md for recipes that make them.")
         lines += ["", summary]
         return "\n".join(lines)
+
+
+def _radius(epsilon: float) -> str:
+    """``8/255`` for a whole number of 255ths, else the number (``0.1``)."""
+    steps = epsilon * 255
+    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 and round(steps) > 0 else f"{epsilon:.4g}"
 
 
 def soup_table(
