@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .soups import EvalData, SoupEvaluation, SoupEvaluationArguments, evaluate_soups
 
-__all__ = ["SoupTable", "TradeOff", "soup_table", "TABLE_BETAS"]
+__all__ = ["SoupTable", "TradeOff", "resolve_table_attack", "soup_table", "TABLE_BETAS"]
 
 TABLE_BETAS = (1.0, 0.5, 0.0)
 """Soup weights of the table: clean mode, the halfway soup, robust mode."""
@@ -93,6 +93,21 @@ def _radius(epsilon: float) -> str:
     return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 and round(steps) > 0 else f"{epsilon:.4g}"
 
 
+def resolve_table_attack(attack: str) -> tuple[str, list[str]]:
+    """``(preset, AutoAttack subset)`` of a soup-table attack name: ``"apgd-ce"`` / ``"apgd-ce+apgd-t"`` ->
+    ``("autoattack", [...])``; a preset of :mod:`hf_advsoup.attacks` -> ``(preset, [])``. Raises ``ValueError``
+    naming the valid choices otherwise."""
+    from .attacks import AUTOATTACK_ATTACKS, PRESETS
+
+    names = [name.strip().lower() for name in attack.split("+")]
+    if all(name in AUTOATTACK_ATTACKS for name in names):
+        return "autoattack", names
+    if attack in PRESETS:
+        return attack, []
+    raise ValueError(f"Unknown soup-table attack {attack!r}: an AutoAttack attack ({', '.join(AUTOATTACK_ATTACKS)}; "
+                     f"several joined by '+') or a preset ({', '.join(PRESETS)}).")
+
+
 def soup_table(
     model,
     data: EvalData,
@@ -116,16 +131,7 @@ def soup_table(
             preset of :mod:`hf_advsoup.attacks` (``"report"``, ``"pgd40"``, ``"autoattack"``).
         robust_examples: attacked examples (the first ones of ``data``).
     """
-    from .attacks import AUTOATTACK_ATTACKS, PRESETS
-
-    names = [name.strip().lower() for name in attack.split("+")]
-    if all(name in AUTOATTACK_ATTACKS for name in names):
-        preset, subset = "autoattack", names
-    elif attack in PRESETS:
-        preset, subset = attack, []
-    else:
-        raise ValueError(f"Unknown soup-table attack {attack!r}: an AutoAttack attack ({', '.join(AUTOATTACK_ATTACKS)}; "
-                         f"several joined by '+') or a preset ({', '.join(PRESETS)}).")
+    preset, subset = resolve_table_attack(attack)
     if robust_examples < 1:
         raise ValueError(f"robust_examples must be >= 1, got {robust_examples}.")
     args = SoupEvaluationArguments(

@@ -313,6 +313,10 @@ class CoTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"catastrophic_overfitting_drop must be in (0, 1), got {self.catastrophic_overfitting_drop}."
             )
+        if self.soup_table:
+            from .soup_table import resolve_table_attack
+
+            resolve_table_attack(self.soup_table_attack)  # a typo fails now, not after training
         if self.soup_table_robust_samples < 1:
             raise ValueError(f"soup_table_robust_samples must be >= 1, got {self.soup_table_robust_samples}.")
         if self.robust_eval_samples < 0:

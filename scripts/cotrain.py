@@ -492,7 +492,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("test", test_metrics)
         metrics.update(test_metrics)
     table = None
-    if training_args.soup_table and trainer.is_world_process_zero():
+    if training_args.soup_table and trainer.is_fsdp_enabled:
+        logger.warning("No soup table under FSDP (the model is sharded across processes): evaluate the saved model "
+                       "with scripts/evaluate_soups.py --betas 1 0.5 0.")
+    elif training_args.soup_table and trainer.is_world_process_zero():
         split = "test" if "test" in dataset else "validation"
         table = print_soup_table(trainer, dataset[split], split, training_args)
     if trainer.is_world_process_zero():

@@ -487,3 +487,8 @@ def test_soup_table_reads_the_trade_off_and_refuses_unknown_attacks():
         soup_table(model, (x, y), normalization=NORM, epsilon=0.1, attack="apgd-x")
     with pytest.raises(ValueError, match="robust_examples"):
         soup_table(model, (x, y), normalization=NORM, epsilon=0.1, robust_examples=0)
+    from hf_advsoup.training_args import CoTrainingArguments
+
+    with pytest.raises(ValueError, match="Unknown soup-table attack 'apgd-x'"):  # at parse time, before training
+        CoTrainingArguments(output_dir="unused", soup_table=True, soup_table_attack="apgd-x")
+    assert CoTrainingArguments(output_dir="unused", soup_table=True, soup_table_attack="apgd-ce+apgd-t").soup_table
