@@ -16,11 +16,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def _main_job_on_digits(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _main_job_on_digits():
     """``scripts/cotrain.py`` without a recipe runs the Fashion-MNIST main job where Fashion-MNIST is installed and
-    the digits run elsewhere; tests see the digits run on every machine. The tests of that choice set
-    ``hf_advsoup.data.local_preset_folder`` themselves."""
+    the digits run elsewhere; tests in this process see the digits run on every machine (session scope, so that
+    module-scoped fixtures see it too; tests that run the script in a subprocess pass ``--dataset_name digits``).
+    The tests of that choice set ``hf_advsoup.data.local_preset_folder`` themselves."""
     import hf_advsoup.data
 
-    monkeypatch.setattr(hf_advsoup.data, "local_preset_folder", lambda name: None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hf_advsoup.data, "local_preset_folder", lambda name: None)
+        yield

@@ -31,7 +31,7 @@ COMMON = [
     "--max_eval_samples", "32", "--per_device_eval_batch_size", "16", "--random_resized_crop", "False",
     "--horizontal_flip", "False", "--train_attack_random_start", "False", "--eval_strategy", "no",
     "--save_strategy", "no", "--robust_eval_samples", "32", "--eval_attack_steps", "2", "--ema_decay", "0.9",
-    "--dataloader_pin_memory", "False", "--disable_tqdm", "True", "--use_cpu",
+    "--dataloader_pin_memory", "False", "--disable_tqdm", "True", "--use_cpu", "--dataset_name", "digits", "--soup_table", "false",
 ]
 
 

@@ -240,7 +240,7 @@ COTRAIN_TINY = [
     "--hidden_size", "16", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--intermediate_size", "32",
     "--image_size", "8", "--patch_size", "4", "--per_device_train_batch_size", "16", "--max_steps", "2",
     "--eval_strategy", "no", "--save_strategy", "no", "--robust_eval_samples", "0", "--max_eval_samples", "16",
-    "--dataloader_pin_memory", "False", "--disable_tqdm", "True",
+    "--dataloader_pin_memory", "False", "--disable_tqdm", "True", "--soup_table", "false",
 ]
 
 

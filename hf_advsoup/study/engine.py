@@ -161,7 +161,8 @@ class Study:
                 *p.model.to_argv(), *p.recipe.to_argv(), "--adapter", spec.adapter, "--alpha", f"{spec.alpha:g}",
                 "--robust_eval_samples", str(p.monitor_samples if spec.alpha < 1 else 0),
                 "--eval_strategy", "epoch", "--save_strategy", "no", "--logging_strategy", "epoch",
-                "--log_level", "warning", "--disable_tqdm", "true", "--report_to", "none"]
+                "--log_level", "warning", "--disable_tqdm", "true", "--report_to", "none",
+                "--soup_table", "false"]  # the study evaluates every run itself
         if spec.alpha < 1:
             eps = spec.epsilon
             argv += ["--train_attack", spec.train_attack, "--train_epsilon", eps, "--eval_epsilon", eps,
