@@ -420,8 +420,12 @@ def describe_attack(config: dict[str, Any], preset: str) -> str:
     elif config.get("step_size") is not None:
         text += f", step {config['step_size']:.4g}"
     text += f", {config['restarts']} restart(s){', targeted' if config.get('targeted') else ''}"
-    text += ", best iterate kept)" if config.get("keep_best") else ")"
-    return text
+    text += ", best iterate kept" if config.get("keep_best") else ""
+    if config.get("target_classes"):
+        text += (f"; then MultiTargeted: every example still classified correctly is attacked again towards each of "
+                 f"its {config['target_classes']} most likely other classes with the targeted margin loss, the same "
+                 "schedule, the first success kept")
+    return text + ")"
 
 
 def describe_recipe(r: dict[str, Any]) -> tuple[str, str]:
