@@ -160,7 +160,7 @@ def test_load_training_arguments_merges_groups(tmp_path):
 def test_shipped_model_cards_parse_and_label_paper_numbers():
     cards = sorted(MODEL_CARDS.glob("*.md"))
     names = {p.stem for p in cards}
-    assert {"imagenet-vit-b16", "cifar10-vit-s", "digits-tiny"} <= names
+    assert {"imagenet-vit-b16", "cifar10-vit-s", "fashion-mnist-tiny"} <= names
     for path in cards:
         if path.stem == "README":
             continue
