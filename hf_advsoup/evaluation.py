@@ -22,21 +22,14 @@ from .attacks import AttackConfig, Normalization, _unwrap, attack, attack_mode, 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RobustnessResult:
-    """Per-example outcome of :func:`evaluate_robustness` (boolean tensors of shape ``(num_examples,)`` on CPU).
+class PerExampleAccuracies:
+    """Accuracies of per-example outcomes: ``clean_correct``, ``attack_correct`` (``{attack: flags}``) and
+    ``worst_case_correct`` (boolean tensors of shape ``(num_examples,)``), as fractions in [0, 1]. Shared by
+    :class:`RobustnessResult` and :class:`hf_advsoup.selection.AutoSoupResult`."""
 
-    An example counts as robust to an attack when it is classified correctly on the clean input *and* on the
-    attack's output (misclassified clean examples are not attacked). ``worst_case_correct`` is the example's
-    outcome against the strongest of all attacks run, so it never increases when attacks are added.
-    """
-
-    num_examples: int
     clean_correct: torch.Tensor
     attack_correct: dict[str, torch.Tensor]
     worst_case_correct: torch.Tensor
-    attacks: list[dict[str, Any]] = field(default_factory=list)
-    forward_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def clean_accuracy(self) -> float:
@@ -50,6 +43,23 @@ class RobustnessResult:
     @property
     def attack_accuracies(self) -> dict[str, float]:
         return {label: _mean(correct) for label, correct in self.attack_correct.items()}
+
+
+@dataclass
+class RobustnessResult(PerExampleAccuracies):
+    """Per-example outcome of :func:`evaluate_robustness` (boolean tensors of shape ``(num_examples,)`` on CPU).
+
+    An example counts as robust to an attack when it is classified correctly on the clean input *and* on the
+    attack's output (misclassified clean examples are not attacked). ``worst_case_correct`` is the example's
+    outcome against the strongest of all attacks run, so it never increases when attacks are added.
+    """
+
+    num_examples: int
+    clean_correct: torch.Tensor
+    attack_correct: dict[str, torch.Tensor]
+    worst_case_correct: torch.Tensor
+    attacks: list[dict[str, Any]] = field(default_factory=list)
+    forward_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, per_example: bool = False) -> dict[str, Any]:
         """JSON-ready summary (accuracies in [0, 1], attack settings); ``per_example`` adds the boolean lists."""

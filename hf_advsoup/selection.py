@@ -61,6 +61,7 @@ from .attacks import (
     format_epsilon,
 )
 from .configuration_advsoup import validate_beta
+from .evaluation import PerExampleAccuracies
 from .modeling_advsoup import AdvSoupViTForImageClassification
 from .soups import (
     ForwardCounter,
@@ -414,7 +415,7 @@ def adaptive_attacks(args: AutoEvaluationArguments, *, epsilon: float | str | No
 
 
 @dataclass
-class AutoSoupResult:
+class AutoSoupResult(PerExampleAccuracies):
     """Per-example outcome for one classifier (``"auto"`` or a fixed soup) on the evaluated examples (boolean tensors
     of shape ``(num_examples,)``, CPU). An example is robust to an attack when it is classified correctly clean and
     under the attack (misclassified clean examples are not attacked); ``worst_case_correct`` is the AND over every
@@ -434,18 +435,6 @@ class AutoSoupResult:
             worst &= correct
         return worst
 
-    @property
-    def clean_accuracy(self) -> float:
-        return _mean(self.clean_correct)
-
-    @property
-    def robust_accuracy(self) -> float:
-        """Worst case over every attack run (the number to report)."""
-        return _mean(self.worst_case_correct)
-
-    @property
-    def attack_accuracies(self) -> dict[str, float]:
-        return {key: _mean(correct) for key, correct in self.attack_correct.items()}
 
     def to_dict(self, per_example: bool = False) -> dict[str, Any]:
         out = {"name": self.name, "beta": self.beta, "clean_accuracy": self.clean_accuracy,
@@ -455,10 +444,6 @@ class AutoSoupResult:
             out["clean_correct"] = self.clean_correct.tolist()
             out["attack_correct"] = {k: v.tolist() for k, v in self.attack_correct.items()}
         return out
-
-
-def _mean(flags: torch.Tensor) -> float:
-    return float(flags.float().mean()) if flags.numel() else float("nan")
 
 
 @dataclass
