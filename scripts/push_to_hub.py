@@ -3,7 +3,7 @@
 
 Launch::
 
-    # After `scripts/cotrain.py --output_dir runs/digits` and `scripts/evaluate_soups.py ... --output_dir runs/soups`:
+    # After `scripts/cotrain.py scripts/configs/digits_tiny.yaml --output_dir runs/digits` and `scripts/evaluate_soups.py ... --output_dir runs/soups`:
     python scripts/push_to_hub.py --model_name_or_path runs/digits --results_dir runs/soups \\
         --repo_id your-name/advsoup-vit-digits --paper_reference digits-tiny --private
 

@@ -3,7 +3,7 @@
 
 Launch::
 
-    # After `python scripts/cotrain.py --output_dir runs/digits`: a selector that reads the tokens after 1 block in
+    # After `python scripts/cotrain.py scripts/configs/digits_tiny.yaml --output_dir runs/digits`: a selector that reads the tokens after 1 block in
     # robust mode, trained on the same data, against the co-training run's own training attack (run_args.json).
     python scripts/train_selector.py --model_name_or_path runs/digits --output_dir runs/digits-auto
 
