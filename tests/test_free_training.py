@@ -22,6 +22,7 @@ from test_trainer import (
     NUM_LABELS,
     StopAt,
     batch,
+    eq2_loss_by_hand,
     image_trainer,
     make_dataset,
     make_model,
@@ -93,13 +94,7 @@ def test_replay_is_eq2_on_clean_and_clean_plus_delta_in_one_forward(tmp_path, so
     with torch.no_grad():
         clean_logits = model(inputs["pixel_values"], beta=1.0).logits
         adv_logits = model(NORM.to_model(images + delta), beta=0.0).logits
-    if soft:
-        target = inputs["labels"] * (1 - smoothing) + smoothing / NUM_LABELS
-    else:
-        target = torch.nn.functional.one_hot(inputs["labels"], NUM_LABELS).float() * (1 - smoothing)
-        target += smoothing / NUM_LABELS
-    by_hand = alpha * -(target * clean_logits.log_softmax(-1)).sum(-1).mean()
-    by_hand += (1 - alpha) * -(target * adv_logits.log_softmax(-1)).sum(-1).mean()
+    by_hand = eq2_loss_by_hand(clean_logits, adv_logits, inputs["labels"], alpha, smoothing)
     torch.testing.assert_close(loss.detach(), by_hand, rtol=1e-5, atol=1e-6)
 
 

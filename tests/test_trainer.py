@@ -89,6 +89,18 @@ def params(model):
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
+def eq2_loss_by_hand(clean_logits, adv_logits, labels, alpha, smoothing):
+    """Eq. 2 written out: alpha x label-smoothed cross-entropy of the clean half + (1 - alpha) x that of the
+    adversarial half; ``labels`` are class indices or (soft, mixup/CutMix) probability rows."""
+    if labels.dim() == 2:
+        target = labels * (1 - smoothing) + smoothing / NUM_LABELS
+    else:
+        target = torch.nn.functional.one_hot(labels, NUM_LABELS).float() * (1 - smoothing)
+        target += smoothing / NUM_LABELS
+    loss = alpha * -(target * clean_logits.log_softmax(-1)).sum(-1).mean()
+    return loss + (1 - alpha) * -(target * adv_logits.log_softmax(-1)).sum(-1).mean()
+
+
 # ------------------------------------------------------------------------------------------------------ Eq. 2
 @pytest.mark.parametrize("soft", [False, True])
 def test_loss_equals_eq2_by_hand_with_fixed_perturbation(tmp_path, monkeypatch, soft):
@@ -119,13 +131,7 @@ def test_loss_equals_eq2_by_hand_with_fixed_perturbation(tmp_path, monkeypatch, 
     with torch.no_grad():
         clean_logits = model(inputs["pixel_values"], beta=1.0).logits
         adv_logits = model(inputs["pixel_values"] + delta, beta=0.0).logits
-    if soft:
-        target = inputs["labels"] * (1 - smoothing) + smoothing / NUM_LABELS
-    else:
-        target = torch.nn.functional.one_hot(inputs["labels"], NUM_LABELS).float() * (1 - smoothing)
-        target += smoothing / NUM_LABELS
-    by_hand = alpha * -(target * clean_logits.log_softmax(-1)).sum(-1).mean()
-    by_hand += (1 - alpha) * -(target * adv_logits.log_softmax(-1)).sum(-1).mean()
+    by_hand = eq2_loss_by_hand(clean_logits, adv_logits, inputs["labels"], alpha, smoothing)
     torch.testing.assert_close(loss.detach(), by_hand, rtol=1e-5, atol=1e-6)
     # Hard labels: the same as torch's label-smoothed cross-entropy.
     if not soft:
