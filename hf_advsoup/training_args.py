@@ -437,16 +437,16 @@ class CoTrainingArguments(TrainingArguments):
             return None
         return _attack_config(self.eval_attack, epsilon=self.eval_epsilon, steps=self.eval_attack_steps)
 
-
     def soup_table_epsilon(self) -> float:
         """Radius of the soup table's attack (pixel units): ``eval_epsilon`` when set, else ``train_epsilon``, else the
         monitoring preset's (``pgd40``'s when monitoring is off)."""
-        from .attacks import AttackConfig
+        from .attacks import AttackConfig, parse_epsilon
 
         for value in (self.eval_epsilon, self.train_epsilon):
             if value is not None:
-                return float(AttackConfig.from_preset("pgd40", epsilon=value).epsilon)
+                return parse_epsilon(value, "linf")
         return float(AttackConfig.from_preset(self.eval_attack or "pgd40").epsilon)
+
 
 def _attack_config(preset: str, **overrides):
     """``AttackConfig.from_preset(preset, **overrides)`` with the ``None`` overrides dropped (they keep the preset's

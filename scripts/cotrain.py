@@ -200,7 +200,8 @@ def embedded_defaults(argv: list[str]) -> tuple[str, dict[str, Any]]:
     absent (or ``fashion_mnist``) and the data set's IDX files are on this machine, else the digits run."""
     from hf_advsoup.data import local_preset_folder
 
-    dataset = _flag_value(argv, "dataset_name")
+    without_help = [arg for arg in argv if arg not in ("-h", "--help")]  # the help is printed by the real parse
+    dataset = _command_line_values(without_help, ("dataset_name",)).get("dataset_name")
     if dataset in (None, "fashion_mnist"):
         folder = local_preset_folder("fashion_mnist")
         if folder is not None:
@@ -209,16 +210,6 @@ def embedded_defaults(argv: list[str]) -> tuple[str, dict[str, Any]]:
             return ("the digits run (Fashion-MNIST is not installed: `apt-get install dataset-fashion-mnist` makes "
                     "the main job the Fashion-MNIST run, whose soups show the trade-off)"), EMBEDDED_DEFAULTS
     return "the digits run's settings", EMBEDDED_DEFAULTS
-
-
-def _flag_value(argv: list[str], name: str) -> str | None:
-    """The value of ``--name`` in ``argv`` (``--name value`` or ``--name=value``), or ``None``."""
-    for i, arg in enumerate(argv):
-        if arg == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def build_parser() -> HfArgumentParser:
@@ -263,14 +254,19 @@ def parse_arguments(argv: list[str] | None = None):
     return groups
 
 
-def _given_on_command_line(argv: list[str], names: tuple[str, ...]) -> tuple[str, ...]:
-    """The ``names`` whose flag appears in ``argv`` (abbreviations included), found by parsing ``argv`` again with
-    a marker as every default."""
+def _command_line_values(argv: list[str], names: tuple[str, ...]) -> dict[str, Any]:
+    """``{name: value}`` of the ``names`` whose flag appears in ``argv`` (abbreviations included), found by parsing
+    ``argv`` with a marker as every default."""
     marker = object()
     parser = build_parser()
     parser.set_defaults(**{name: marker for name in names})
     namespace, _ = parser.parse_known_args(argv)
-    return tuple(name for name in names if getattr(namespace, name) is not marker)
+    return {name: getattr(namespace, name) for name in names if getattr(namespace, name) is not marker}
+
+
+def _given_on_command_line(argv: list[str], names: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``names`` whose flag appears in ``argv`` (abbreviations included)."""
+    return tuple(_command_line_values(argv, names))
 
 
 def build_image_processor(model_args: ModelArguments, image_size: int):

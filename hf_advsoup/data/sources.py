@@ -268,6 +268,7 @@ def local_preset_folder(name: str) -> Path | None:
         return None
     return _preset_idx_folder(preset)[0]
 
+
 def _load_source(
     name: str,
     config_name: str | None,
