@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..configuration_advsoup import ADAPTER_TYPES
 from .rules import choose_alpha, choose_epsilon, pareto_front
 from .specs import Comparison, RunResult, RunSpec, SoupResult, TransferResult, epsilon_slug
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ADAPTERS", "SECTIONS", "Section", "cotraining", "nominal", "adversarial"]
 
-ADAPTERS = ("cls_token", "layernorm", "pos_embed", "patch_embed")
+ADAPTERS = tuple(adapter for adapter in ADAPTER_TYPES if adapter != "none")  # Table 1's doubled adapters
 ADAPTER_TITLES = {
     "none": "fully shared (no adapter)",
     "cls_token": "doubled classification token",
