@@ -440,6 +440,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # Fail before loading anything: a bad checkpoint value, an occupied output folder.
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     stale_checkpoints = check_output_dir(training_args, resuming=checkpoint is not None)
+    if checkpoint is not None:
+        logger.warning("Resuming from %s (step %s of the interrupted run).", checkpoint, checkpoint.rsplit("-", 1)[-1])
     keep_checkpoint_architecture(model_args)
     set_seed(training_args.seed)
 

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 JOB_RECORD = "job.json"
 """The record a finished job leaves in its folder: inputs, fingerprint, result, wall time."""
+JOB_STARTED = ".job_started.json"
+"""The record a resumable job leaves when it starts (its fingerprint): a later invocation resumes in the folder only
+when the fingerprint is the same (hidden, so ``scripts/cotrain.py`` does not count it as a previous run's file)."""
 
 
 def format_duration(seconds: float) -> str:
@@ -55,6 +58,8 @@ class Job:
             are unchanged.
         directory: the folder the job owns (deleted before it runs, its record written there after).
         deps: names of the jobs that must finish first.
+        resumable: keep what an interrupted run of the same job (same fingerprint) left in ``directory`` -- e.g.
+            the checkpoints a training resumes from -- instead of starting in an empty folder.
     """
 
     name: str
@@ -62,6 +67,7 @@ class Job:
     spec: dict[str, Any]
     directory: str
     deps: tuple[str, ...] = field(default=())
+    resumable: bool = False
 
 
 def _fingerprints(jobs: dict[str, Job]) -> tuple[list[str], dict[str, str]]:
@@ -102,6 +108,13 @@ def _load_record(job: Job, fingerprint: str) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return record if record.get("fingerprint") == fingerprint else None
+
+
+def _read_fingerprint(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _log_path(log_dir: Path, name: str) -> Path:
@@ -171,8 +184,15 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 2, log_dir: str | Path, reus
 
     def start(name: str) -> tuple[Job, Path]:
         job = by_name[name]
-        if os.path.exists(job.directory):
+        started = Path(job.directory) / JOB_STARTED
+        resumes = job.resumable and started.exists() and _read_fingerprint(started) == prints[name]
+        if os.path.exists(job.directory) and not resumes:
             shutil.rmtree(job.directory)  # the job owns its folder: nothing stale survives into the new run
+        if job.resumable:
+            Path(job.directory).mkdir(parents=True, exist_ok=True)
+            started.write_text(json.dumps({"name": name, "fingerprint": prints[name]}))
+            if resumes:
+                logger.info("%s continues in %s (interrupted earlier with the same inputs)", name, job.directory)
         return job, _log_path(log_dir, name)
 
     def finish(name: str, outcome: dict[str, Any]) -> None:

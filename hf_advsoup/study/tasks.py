@@ -78,15 +78,28 @@ def _output_to(log_path: str):
             os.close(saved[1])
 
 
-def execute(kind: str, spec: dict[str, Any], directory: str, log_path: str) -> dict[str, Any]:
-    """Run task ``kind`` on ``spec`` in ``directory``, its output in ``log_path``; returns ``{"result",
-    "wall_time_s"}``."""
+def resolve_task(kind: str) -> Callable[[Mapping[str, Any], Path], dict[str, Any]]:
+    """The function of a task: a name of :data:`TASKS`, or ``"package.module:function"`` (the tasks of other
+    experiments, e.g. ``hf_advsoup.flagship.tasks:evaluate_attack``), imported in the worker that runs it."""
+    if ":" in kind:
+        module_name, _, function = kind.partition(":")
+        task = getattr(importlib.import_module(module_name), function, None)
+        if task is None:
+            raise ValueError(f"Unknown task {kind!r}: {module_name} has no {function}.")
+        return task
     if kind not in TASKS:
-        raise ValueError(f"Unknown task {kind!r}; known: {', '.join(TASKS)}.")
+        raise ValueError(f"Unknown task {kind!r}; known: {', '.join(TASKS)}, or 'package.module:function'.")
+    return TASKS[kind]
+
+
+def execute(kind: str, spec: dict[str, Any], directory: str, log_path: str) -> dict[str, Any]:
+    """Run task ``kind`` (:func:`resolve_task`) on ``spec`` in ``directory``, its output in ``log_path``; returns
+    ``{"result", "wall_time_s"}``."""
+    task = resolve_task(kind)
     with _output_to(log_path):
         start = time.perf_counter()
         try:
-            result = TASKS[kind](spec, Path(directory))
+            result = task(spec, Path(directory))
         except BaseException:
             traceback.print_exc()  # into the job's log, where the error message points
             raise
@@ -137,9 +150,17 @@ def train(spec: Mapping[str, Any], directory: Path) -> dict[str, Any]:
     """Train one run with ``scripts/cotrain.py``'s ``main(argv)``; return its per-epoch monitoring history, the
     recipe it recorded, its number of classes and its final validation metrics.
 
-    spec: ``{"cotrain_script": path, "argv": [...]}`` (``argv`` holds ``--output_dir <directory>``)."""
+    spec: ``{"cotrain_script": path, "argv": [...]}`` (``argv`` holds ``--output_dir <directory>``); other keys
+    (e.g. a hash of the recipe file) only make the job's fingerprint. In a folder that holds checkpoints (a
+    resumable job interrupted earlier, :class:`~hf_advsoup.study.jobs.Job`) the run continues from the latest one,
+    exactly (the library's resume); in a folder left without one it starts again."""
     cotrain = _script(spec["cotrain_script"])
-    metrics = cotrain.main(list(spec["argv"]))
+    argv = list(spec["argv"])
+    if directory.is_dir() and any(p.name.startswith("checkpoint-") for p in directory.iterdir()):
+        argv += ["--resume_from_checkpoint", "latest"]
+    elif directory.is_dir() and any(not p.name.startswith(".") for p in directory.iterdir()):
+        argv += ["--overwrite_output_dir"]  # an interrupted start that saved no checkpoint: begin again
+    metrics = cotrain.main(argv)
     state = json.loads((directory / "trainer_state.json").read_text())
     history = [{k: v for k, v in entry.items() if k in HISTORY_KEYS} for entry in state.get("log_history", [])]
     saved = json.loads((directory / "run_args.json").read_text())
