@@ -9,6 +9,8 @@
   point per co-training weight alpha).
 - :func:`plot_training_curves`: a monitored metric against the epoch, one line per run (Figure 6: robust accuracy
   during training, collapses marked).
+- :func:`plot_curves_with_intervals` and :func:`plot_tradeoff_with_intervals`: accuracies with their 95% intervals
+  (the flagship's card).
 
 Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas directly: no pyplot, no global backend
 change, no display needed, safe in threads and tests. Accuracies are shown in percent.
@@ -228,9 +230,61 @@ def plot_training_curves(curves: Mapping[str, Sequence[tuple[float, float]]], pa
     return _save(figure, path, dpi)
 
 
+def plot_curves_with_intervals(curves: Mapping[str, Sequence[tuple[float, float, float, float]]], path: str | Path,
+                               *, xlabel: str, ylabel: str, title: str,
+                               references: Mapping[str, tuple[float, float, float]] | None = None,
+                               dpi: int = 120) -> Path:
+    """Accuracies with their 95% intervals: ``{label: [(x, value, low, high)]}`` (fractions, drawn in percent) as
+    lines with error bars, and ``references`` ``{label: (value, low, high)}`` (e.g. baselines, which have no x) as
+    horizontal lines with a shaded interval."""
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    for label, points in curves.items():
+        if not points:
+            continue
+        xs = [p[0] for p in points]
+        ys = [100 * p[1] for p in points]
+        errors = [[100 * (p[1] - p[2]) for p in points], [100 * (p[3] - p[1]) for p in points]]
+        ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=3, capsize=2, label=label)
+    for i, (label, (value, low, high)) in enumerate((references or {}).items()):
+        color = f"C{(len(curves) + i) % 10}"
+        ax.axhline(100 * value, color=color, linestyle="--", linewidth=1, label=label)
+        ax.axhspan(100 * low, 100 * high, color=color, alpha=0.12)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(figure, path, dpi)
+
+
+def plot_tradeoff_with_intervals(points: Mapping[str, Sequence[tuple[str, float, float, float, float, float, float]]],
+                                 path: str | Path, *, xlabel: str, ylabel: str, title: str, dpi: int = 120) -> Path:
+    """Clean (x) against robust (y) accuracy with 95% intervals on both: ``{series: [(annotation, clean, low,
+    high, robust, low, high)]}``, a series with several points (the soups) joined by a line."""
+    figure = Figure(figsize=(5.5, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    for label, series in points.items():
+        xs = [100 * p[1] for p in series]
+        ys = [100 * p[4] for p in series]
+        xerr = [[100 * (p[1] - p[2]) for p in series], [100 * (p[3] - p[1]) for p in series]]
+        yerr = [[100 * (p[4] - p[5]) for p in series], [100 * (p[6] - p[4]) for p in series]]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", markersize=3, capsize=2,
+                    linestyle="-" if len(series) > 1 else "none", label=label)
+        for p, x, y in zip(series, xs, ys):
+            if p[0]:
+                ax.annotate(p[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(figure, path, dpi)
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-__all__ = ["plot_accuracy_vs_beta", "plot_all", "plot_landscape", "plot_pareto", "plot_tradeoff",
-           "plot_training_curves"]
+__all__ = ["plot_accuracy_vs_beta", "plot_all", "plot_curves_with_intervals", "plot_landscape", "plot_pareto",
+           "plot_tradeoff", "plot_tradeoff_with_intervals", "plot_training_curves"]
