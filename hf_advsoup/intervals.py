@@ -133,7 +133,8 @@ class PairedDifference:
         difference: the observed difference, exact (``(correct_a - correct_b) / (images x seeds)``).
         low, high: the 95% paired bootstrap interval's ends, exact fractions of whole-image counts.
         num_examples: images per seed; ``num_seeds``: seeds pooled.
-        only_a, only_b: discordant images summed over the seeds (``a`` right and ``b`` wrong, and the reverse).
+        only_a, only_b: discordant images summed over the seeds (``a`` right and ``b`` wrong, and the reverse; with
+            scores, ``a`` higher and ``b`` higher).
         mcnemar_p: exact McNemar p-value of "no difference" (one seed: that seed's; several: the sum of the
             discordant counts, a summary only -- the interval is the verdict's basis).
         resamples, bootstrap_seed: how the interval was drawn.
@@ -165,14 +166,18 @@ class PairedDifference:
 
 
 def _outcome_matrix(outcomes: Any) -> np.ndarray:
-    """``(seeds, images)`` booleans from one seed's flags, a list of per-seed flags or a ``{seed: flags}`` map."""
+    """``(seeds, images)`` integers (booleans as 0/1) from one seed's outcomes, a list of per-seed outcomes or a
+    ``{seed: outcomes}`` map."""
     if isinstance(outcomes, Mapping):
         outcomes = [outcomes[key] for key in sorted(outcomes)]
     if hasattr(outcomes, "cpu"):
         outcomes = outcomes.cpu()
     array = np.asarray(outcomes) if not isinstance(outcomes, list) else np.stack(
         [np.asarray(o.cpu() if hasattr(o, "cpu") else o) for o in outcomes])
-    array = array.astype(bool)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise ValueError("Outcomes must be whole numbers per image (correct = 1), not fractions: keep counts.")
+    array = array.astype(np.int64)
     if array.ndim == 1:
         array = array[None]
     if array.ndim != 2 or array.shape[1] == 0:
@@ -181,13 +186,15 @@ def _outcome_matrix(outcomes: Any) -> np.ndarray:
 
 
 def paired_difference(a: Any, b: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                      confidence: float = CONFIDENCE) -> PairedDifference:
+                      confidence: float = CONFIDENCE, scale: int = 1) -> PairedDifference:
     """The paired difference ``accuracy(a) - accuracy(b)``, with a percentile bootstrap interval.
 
     Args:
         a, b: per-image outcomes (``True`` = correct) of the two systems on the same images, in the same order: one
             seed's flags (a sequence, array or tensor), or several seeds' (a list, a ``(seeds, images)`` array, or a
-            ``{seed: flags}`` map with the same keys for ``a`` and ``b``).
+            ``{seed: flags}`` map with the same keys for ``a`` and ``b``). Whole-number scores are allowed too, with
+            ``scale`` the score of a perfect image: e.g. clean + robust correctness (0, 1 or 2, ``scale=2``) for
+            "the mean of clean and robust accuracy".
         resamples: bootstrap resamples (default 10,000). Each resample draws the images with replacement (the same
             draw for ``a`` and ``b``, and for every seed: the pairing is kept) and, with two or more seeds, the
             seeds with replacement.
@@ -202,9 +209,11 @@ def paired_difference(a: Any, b: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, s
                          f"{matrix_b.shape}.")
     if resamples < 100:
         raise ValueError(f"resamples must be at least 100, got {resamples}.")
+    if scale < 1 or matrix_a.min() < 0 or matrix_b.min() < 0 or max(matrix_a.max(), matrix_b.max()) > scale:
+        raise ValueError(f"Outcomes must be whole numbers between 0 and scale={scale}.")
     num_seeds, num_examples = matrix_a.shape
-    per_image = matrix_a.astype(np.int64) - matrix_b.astype(np.int64)  # -1, 0, 1 per (seed, image)
-    denominator = num_examples * num_seeds
+    per_image = matrix_a - matrix_b  # per (seed, image): -scale .. scale
+    denominator = num_examples * num_seeds * scale
     observed = Fraction(int(per_image.sum()), denominator)
     # Resampling images only matters through how often each per-image pattern (its difference at every seed: -1, 0
     # or 1) is drawn: a multinomial over the distinct patterns is the same draw as one over the images, and cheap.
@@ -221,8 +230,8 @@ def paired_difference(a: Any, b: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, s
     tail = (1 - confidence) / 2
     low_index = int(math.floor(tail * (resamples - 1)))
     high_index = int(math.ceil((1 - tail) * (resamples - 1)))
-    only_a = int(((per_image == 1)).sum())
-    only_b = int(((per_image == -1)).sum())
+    only_a = int((per_image > 0).sum())
+    only_b = int((per_image < 0).sum())
     return PairedDifference(
         difference=observed, low=Fraction(int(numerators[low_index]), denominator),
         high=Fraction(int(numerators[high_index]), denominator), num_examples=num_examples, num_seeds=num_seeds,
@@ -232,19 +241,28 @@ def paired_difference(a: Any, b: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, s
 
 
 Verdict = Literal["reproduced", "not reproduced", "unresolved"]
-Direction = Literal["at least", "at most", "above", "below"]
-DIRECTIONS = ("at least", "at most", "above", "below")
+Direction = Literal["at least", "at most", "above", "below", "within"]
+DIRECTIONS = ("at least", "at most", "above", "below", "within")
 
 
 def decide(comparison: PairedDifference, boundary: Fraction | int | str, direction: Direction) -> Verdict:
     """The verdict of the claim "``a - b`` is ``direction`` ``boundary``".
 
     ``direction``: ``"at least"`` (``a - b >= boundary``: "within 4 points" is at least ``Fraction(-4, 100)``),
-    ``"at most"`` (``<=``), ``"above"`` (``>``: "more robust" is above 0) or ``"below"`` (``<``). *reproduced* when
-    every value of the 95% interval satisfies the claim, *not reproduced* when none does, *unresolved* when the
-    interval holds values of both kinds. All comparisons are between exact fractions.
+    ``"at most"`` (``<=``), ``"above"`` (``>``: "more robust" is above 0), ``"below"`` (``<``) or ``"within"``
+    (``|a - b| <= boundary``: "on par" within a stated margin). *reproduced* when every value of the 95% interval
+    satisfies the claim, *not reproduced* when none does, *unresolved* when the interval holds values of both kinds.
+    All comparisons are between exact fractions.
     """
     boundary = Fraction(boundary)
+    if direction == "within":
+        if boundary < 0:
+            raise ValueError(f"A 'within' margin must be >= 0, got {boundary}.")
+        if -boundary <= comparison.low and comparison.high <= boundary:
+            return "reproduced"
+        if comparison.low > boundary or comparison.high < -boundary:
+            return "not reproduced"
+        return "unresolved"
     holds = {"at least": lambda v: v >= boundary, "at most": lambda v: v <= boundary,
              "above": lambda v: v > boundary, "below": lambda v: v < boundary}.get(direction)
     if holds is None:
@@ -258,11 +276,15 @@ def decide(comparison: PairedDifference, boundary: Fraction | int | str, directi
     return "unresolved"
 
 
-def images_to_resolve(comparison: PairedDifference, boundary: Fraction | int | str) -> int | None:
+def images_to_resolve(comparison: PairedDifference, boundary: Fraction | int | str,
+                      direction: Direction = "at least") -> int | None:
     """Roughly how many images per seed would make the interval exclude ``boundary`` at the observed difference and
     per-image spread (the interval narrows as one over the square root of the images): ``None`` when the observed
-    difference sits on the boundary (no number of images resolves it) or the interval excludes it already."""
+    difference sits on the boundary (no number of images resolves it) or the interval excludes it already. With
+    ``"within"``, the nearer of ``-boundary`` and ``boundary``."""
     boundary = Fraction(boundary)
+    if direction == "within":
+        boundary = boundary if comparison.difference >= 0 else -boundary
     distance = abs(float(comparison.difference - boundary))
     half_width = float(comparison.high - comparison.low) / 2
     if distance == 0 or half_width == 0:

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .configuration_advsoup import validate_beta
+from .intervals import pack_flags
 from .modeling_advsoup import AdvSoupViTForImageClassification
 
 logger = logging.getLogger(__name__)
@@ -214,7 +215,8 @@ class SoupRecord:
     ``value`` is a fraction in ``[0, 1]``. ``forward_passes`` counts network forwards over single images that this
     number cost (clean: ``num_examples * compute``; robust: counted during the attack and the final evaluation).
     ``threat_model`` is ``None`` for clean accuracy, else the attack's settings (``norm``, ``epsilon`` in pixel units,
-    ``attack``, ``steps``, ...).
+    ``attack``, ``steps``, ...). ``outcomes``: the per-image outcomes behind ``value`` (correct or not, in the order of
+    the evaluated images; :func:`hf_advsoup.intervals.pack_flags`), for counts, intervals and paired comparisons.
     """
 
     dataset: str
@@ -227,6 +229,7 @@ class SoupRecord:
     compute: int
     beta2: float | None = None
     threat_model: dict[str, Any] | None = None
+    outcomes: str | None = None
 
     @property
     def key(self) -> tuple:
@@ -613,9 +616,9 @@ def clean_sweep(
             raise ValueError(f"An ensemble needs 0 <= beta <= 1 (a probability average), got beta={b}.")
     landscape = [(validate_beta(b1), validate_beta(b2)) for b1, b2 in landscape]
     soup_betas = list(dict.fromkeys(betas + ([1.0, 0.0] if ensemble_betas else [])))
-    correct_soup = dict.fromkeys(soup_betas, 0)
-    correct_ens = dict.fromkeys(ensemble_betas, 0)
-    correct_land = dict.fromkeys(landscape, 0)
+    correct_soup: dict[float, list[torch.Tensor]] = {b: [] for b in soup_betas}
+    correct_ens: dict[float, list[torch.Tensor]] = {b: [] for b in ensemble_betas}
+    correct_land: dict[tuple[float, float], list[torch.Tensor]] = {cell: [] for cell in landscape}
     total = 0
     device = model.device
     with _EvalMode(model):
@@ -629,29 +632,25 @@ def clean_sweep(
             with _autocast(device, bf16):
                 for b in soup_betas:
                     logits[b] = model(pixel_values=x, beta=b).logits.float()
-                    correct_soup[b] += int((logits[b].argmax(-1) == y).sum())
+                    correct_soup[b].append((logits[b].argmax(-1) == y).cpu())
                 for b in ensemble_betas:
                     probs = ensemble_probabilities(logits[1.0], logits[0.0], b)
-                    correct_ens[b] += int((probs.argmax(-1) == y).sum())
+                    correct_ens[b].append((probs.argmax(-1) == y).cpu())
                 for b1, b2 in landscape:
                     pred = model(pixel_values=x, beta=b1, beta2=b2).logits.argmax(-1)
-                    correct_land[(b1, b2)] += int((pred == y).sum())
+                    correct_land[(b1, b2)].append((pred == y).cpu())
             total += y.shape[0]
     if total == 0:
         raise ValueError(f"The evaluation data set {dataset_name!r} is empty.")
-    records = [
-        SoupRecord(dataset_name, "soup", b, "clean_accuracy", correct_soup[b] / total, total, total, 1)
-        for b in betas
-    ]
-    records += [
-        SoupRecord(dataset_name, "ensemble", b, "clean_accuracy", correct_ens[b] / total, total, 2 * total, 2)
-        for b in ensemble_betas
-    ]
-    records += [
-        SoupRecord(dataset_name, "landscape", b1, "clean_accuracy", correct_land[(b1, b2)] / total, total, total, 1,
-                   beta2=b2)
-        for b1, b2 in landscape
-    ]
+
+    def record(family: str, beta: float, flags: list[torch.Tensor], compute: int, **extra: Any) -> SoupRecord:
+        correct = torch.cat(flags)
+        return SoupRecord(dataset_name, family, beta, "clean_accuracy", int(correct.sum()) / total, total,
+                          compute * total, compute, outcomes=pack_flags(correct), **extra)
+
+    records = [record("soup", b, correct_soup[b], 1) for b in betas]
+    records += [record("ensemble", b, correct_ens[b], 2) for b in ensemble_betas]
+    records += [record("landscape", b1, correct_land[(b1, b2)], 1, beta2=b2) for b1, b2 in landscape]
     return records
 
 
@@ -728,12 +727,13 @@ def robust_accuracy(
     seed: int = 0,
     bf16: bool = False,
     progress: bool = False,
-) -> tuple[float, int, int]:
+) -> tuple[float, int, int, str]:
     """Robust accuracy of ``module(x, **forward_kwargs)`` against one attack, with the project's evaluation
     (:func:`hf_advsoup.evaluation.evaluate_robustness`: misclassified clean examples count as non-robust).
 
-    Returns ``(accuracy, num_examples, forward_passes)``, where ``forward_passes`` counts every single-image
-    forward of the network (clean pass, attack iterations, final evaluation); an ensemble counts two per call.
+    Returns ``(accuracy, num_examples, forward_passes, outcomes)``, where ``forward_passes`` counts every
+    single-image forward of the network (clean pass, attack iterations, final evaluation; an ensemble counts two per
+    call) and ``outcomes`` packs the per-image results (:func:`hf_advsoup.intervals.pack_flags`).
     """
     from .evaluation import evaluate_robustness
 
@@ -749,7 +749,7 @@ def robust_accuracy(
             forward_kwargs=forward_kwargs, batch_size=batch_size, seed=seed, max_examples=max_examples,
             show_progress=progress,
         )
-    return result.robust_accuracy, result.num_examples, counter.count
+    return result.robust_accuracy, result.num_examples, counter.count, pack_flags(result.worst_case_correct)
 
 
 def robust_sweep(
@@ -790,12 +790,12 @@ def robust_sweep(
             module, kwargs = SoupEnsemble(model, beta), {}
         else:
             module, kwargs = model, {"beta": beta, **({"beta2": beta2} if beta2 is not None else {})}
-        accuracy, n, passes = robust_accuracy(
+        accuracy, n, passes, outcomes = robust_accuracy(
             module, data, attack_config, normalization=normalization, forward_kwargs=kwargs, batch_size=batch_size,
             seed=seed, bf16=bf16,
         )
         records.append(SoupRecord(dataset_name, kind, beta, "robust_accuracy", accuracy, n, passes, COMPUTE[kind],
-                                  beta2=beta2, threat_model=threat))
+                                  beta2=beta2, threat_model=threat, outcomes=outcomes))
     return records
 
 
@@ -874,22 +874,25 @@ def independent_soup_sweep(
                          unit="beta"):
             interpolate_weights_(model, nominal, adversarial, beta)
             for name, data in _restricted(model, datasets, class_indices):
-                correct = total = 0
+                flags = []
                 with _EvalMode(model), torch.no_grad():
                     for x, y in iter_batches(data, batch_size, max_eval_examples):
                         x, y = x.to(model.device), y.to(model.device)
                         with _autocast(model.device, bf16):
-                            correct += int((model(pixel_values=x).logits.argmax(-1) == y).sum())
-                        total += y.shape[0]
-                records.append(SoupRecord(name, "independent_soup", beta, "clean_accuracy", correct / max(total, 1),
-                                          total, total, 1))
+                            flags.append((model(pixel_values=x).logits.argmax(-1) == y).cpu())
+                correct = torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+                total = int(correct.numel())
+                records.append(SoupRecord(name, "independent_soup", beta, "clean_accuracy",
+                                          int(correct.sum()) / max(total, 1), total, total, 1,
+                                          outcomes=pack_flags(correct)))
                 if attack_config is not None and name in robust_datasets:
-                    accuracy, n, passes = robust_accuracy(
+                    accuracy, n, passes, outcomes = robust_accuracy(
                         model, data, attack_config, normalization=normalization, batch_size=batch_size,
                         max_examples=max_robust_examples, seed=seed, bf16=bf16,
                     )
                     records.append(SoupRecord(name, "independent_soup", beta, "robust_accuracy", accuracy, n, passes,
-                                              1, threat_model=threat_model_of(attack_config, attack_name)))
+                                              1, threat_model=threat_model_of(attack_config, attack_name),
+                                              outcomes=outcomes))
     finally:
         interpolate_weights_(model, nominal, adversarial, 1.0)
     return records

@@ -131,3 +131,21 @@ def test_packed_flags_round_trip():
         text = pack_flags(torch.from_numpy(flags))
         assert text.startswith(f"{size}:") and len(text) < size // 4 + 16
         assert np.array_equal(unpack_flags(text), flags)
+
+
+def test_on_par_within_a_margin_and_scores_of_two_metrics():
+    a, b = _flags(800, 2000), _flags(805, 2000)  # -0.25 points, a narrow interval
+    d = paired_difference(a, b)
+    assert decide(d, Fraction(1, 100), "within") == "reproduced"
+    assert decide(paired_difference(_flags(900, 2000), b), Fraction(1, 100), "within") == "not reproduced"
+    with pytest.raises(ValueError, match="margin"):
+        decide(d, Fraction(-1, 100), "within")
+    # the mean of clean and robust accuracy: per-image scores 0..2 with scale 2, exact halves of points
+    clean_a, robust_a = _flags(9, 10), _flags(4, 10)
+    clean_b, robust_b = _flags(8, 10), _flags(4, 10)
+    d = paired_difference(clean_a.astype(int) + robust_a, clean_b.astype(int) + robust_b, scale=2)
+    assert d.difference == Fraction(1, 20)  # (0.9 + 0.4) / 2 - (0.8 + 0.4) / 2
+    with pytest.raises(ValueError, match="between 0 and scale"):
+        paired_difference(clean_a.astype(int) * 3, clean_b.astype(int))
+    with pytest.raises(ValueError, match="whole numbers"):
+        paired_difference(np.array([0.5, 1.0]), np.array([1.0, 0.0]))

@@ -7,6 +7,7 @@ the threshold, the card is rendered again from results.json alone, and a second 
 
 import dataclasses
 import json
+from fractions import Fraction
 import os
 import random
 import sys
@@ -16,12 +17,13 @@ import pytest
 from transformers import TrainerControl, TrainerState
 
 from hf_advsoup.catastrophic_overfitting import find_collapse
+from hf_advsoup.intervals import unpack_flags
 from hf_advsoup.study import ModelShape, StudyArguments, get_study_preset, run_study
 from hf_advsoup.study import jobs as study_jobs
 from hf_advsoup.study import report, tasks
 from hf_advsoup.study.data import class_subset
 from hf_advsoup.study.presets import TrainingAttack
-from hf_advsoup.study.rules import choose_alpha, choose_epsilon, compare, pareto_front
+from hf_advsoup.study.rules import choose_alpha, choose_epsilon, pareto_front, seeds_to_resolve
 from hf_advsoup.study.sections import SECTIONS
 from hf_advsoup.trainer import CatastrophicOverfittingCallback
 
@@ -37,7 +39,7 @@ def minuscule_preset(**changes):
         model=ModelShape(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
         recipe=dataclasses.replace(base.recipe, num_train_epochs=1), train_samples=64, validation_samples=40,
         validation_robust_samples=8, test_samples=40, test_robust_samples=8, report_attack_steps=2, monitor_samples=8,
-        monitor_steps=1, soup_robust_samples=8, transfer_steps=2, transfer_strategies=("all",),
+        monitor_steps=1, soup_robust_samples=8, transfer_steps=2, transfer_strategies=("all",), long_horizon_epochs=2,
         epsilon_grid=("8/255", "16/255"),
         training_attacks=(TrainingAttack("PGD-2 (the default)", "pgd2"), TrainingAttack("PGD-5", "pgd5"),
                           TrainingAttack("FAST-AT, Wong et al.'s recommended step", "fast_at", 1.25)),
@@ -78,20 +80,53 @@ def test_choose_alpha_and_pareto_front():
     assert pareto_front(points) == [0.0, 0.4, 1.0]
 
 
-def test_seed_noise_rule():
-    # One seed: a difference of at least the threshold is reported as measured; below it, a second seed is needed.
-    assert compare({0: 0.80}, {0: 0.75}).verdict == "one seed"
-    small = compare({0: 0.80}, {0: 0.79})
-    assert small.needs_second_seed() and small.verdict == "unresolved" and not small.real
-    # Two seeds: within seed noise when the mean difference is no larger than the largest seed-to-seed change.
-    noise = compare({0: 0.80, 1: 0.78}, {0: 0.79, 1: 0.785})  # mean difference -0.25 points, spread 2 points
-    assert noise.spread == pytest.approx(0.02) and noise.verdict == "within seed noise"
-    assert not noise.needs_second_seed()
-    real = compare({0: 0.80, 1: 0.81}, {0: 0.79, 1: 0.796})  # +1.2 points, spread 1 point
-    assert real.value == pytest.approx(0.012) and real.verdict == "beyond seed noise" and real.real
-    text = report.difference_text(real.to_dict())
-    assert "+1.2 points" in text and "beyond seed noise" in text and "spread between seeds 1.0 points" in text
-    assert report.at_least(noise.to_dict()) == "within noise" and report.on_par(noise.to_dict()) == "reproduced"
+def test_claims_are_decided_by_paired_intervals_of_counts():
+    """The -4.0 case that float32 accuracies decided wrongly is exact and unresolved; more seeds are asked for only
+    where they can resolve a claim; the card's text carries the interval, the images and the seeds."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from hf_advsoup.intervals import decide, paired_difference
+
+    a = np.zeros(500, dtype=bool)
+    a[:236] = True
+    b = np.zeros(500, dtype=bool)
+    b[:256] = True
+    d = paired_difference(a, b)
+    assert d.difference == Fraction(-1, 25) and decide(d, "-1/25", "at least") == "unresolved"
+    assert seeds_to_resolve(d, "-1/25", "at least", seeds=1, max_seeds=3) is None  # on the boundary: never
+    # +1 point with a half-width just over 1 point: a second seed (twice the images) resolves it
+    rng = np.random.default_rng(0)
+    base = rng.random(2000) < 0.5
+    better = base.copy()
+    better[np.flatnonzero(~base)[:110]] = True
+    better[np.flatnonzero(base)[:90]] = False  # 200 discordant images, +20 net: +1 point
+    d = paired_difference(better, base)
+    assert decide(d, 0, "above") == "unresolved"
+    assert seeds_to_resolve(d, 0, "above", seeds=1, max_seeds=3) in (2, 3)
+    assert seeds_to_resolve(d, 0, "above", seeds=1, max_seeds=1) is None
+    resolved = paired_difference(_n_right(1000, 2000), _n_right(800, 2000))
+    assert seeds_to_resolve(resolved, 0, "above", seeds=1, max_seeds=3) is None  # already reproduced
+    c = {"difference_exact": "-1/25", "interval_95_exact": ["-29/500", "-3/250"], "num_examples": 500, "num_seeds": 2,
+         "direction": "at least", "boundary": -0.04, "boundary_exact": "-1/25", "verdict": "unresolved",
+         "seeds_to_resolve": None, "images_to_resolve": None}
+    assert report.difference_text(c) == "-4.0 points [-5.8, -1.2] (500 images x 2 seeds)"
+    assert report.boundary_text(c) == "difference ≥ -4.0 points"
+    assert "no number of images" in report.needs_text(c, 3)
+    assert report.combine(["reproduced", "unresolved"]) == "unresolved"
+    assert report.combine(["reproduced", "not reproduced", "unresolved"]) == "not reproduced"
+    stat = {"interval_95": [0.01, 0.049]}
+    assert report.single_number_verdict(stat, "1/20", "at most") == "reproduced"
+    assert report.single_number_verdict({"interval_95": [0.03, 0.07]}, "1/20", "at most") == "unresolved"
+
+
+def _n_right(correct, total):
+    import numpy as np
+
+    flags = np.zeros(total, dtype=bool)
+    flags[:correct] = True
+    return flags
 
 
 def test_collapse_rule_is_the_trainers():
@@ -189,16 +224,18 @@ def test_minuscule_study_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setitem(tasks.SOUP_POINTS, "half", lambda model, data_path, seed: {"beta": 0.5})
     preset = minuscule_preset(soup_extra_points=("half",))
     out, work = tmp_path / "card", tmp_path / "work"
-    args = StudyArguments(dataset="digits", output_dir=str(out), work_dir=str(work), jobs=1)
+    args = StudyArguments(dataset="digits", output_dir=str(out), work_dir=str(work), jobs=1, max_seeds=2,
+                          sections=list(SECTIONS))
     results = run_study(args, preset)
 
     S = results["sections"]
     assert list(S) == list(SECTIONS)
     readme = (out / "README.md").read_text()
     for heading in ("## Choosing epsilon", "## Table 1", "## The Table 5 claim", "## Table 9 / Figure 4",
-                    "## Table 2", "## Figure 3", "## Table 6", "## The paper's claims, here"):
+                    "## Table 2", "## Figure 3", "## Table 6", "## Long runs", "## The paper's claims, here"):
         assert heading in readme
-    for png in ("tradeoff.png", "accuracy_vs_beta.png", "alpha_sweep.png", "table2_training_curves.png"):
+    for png in ("tradeoff.png", "accuracy_vs_beta.png", "alpha_sweep.png", "table2_training_curves.png",
+                "long_horizon_curves.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC and f"]({png})" in readme
     assert readme.startswith("---\n") and "model-index" in readme and "split: test" in readme
     assert "**attack of record**" in readme and "`pgd40`" in readme and "wall time | **" in readme
@@ -212,25 +249,33 @@ def test_minuscule_study_end_to_end(tmp_path, monkeypatch):
     assert S["alpha"]["choice"]["alpha"] == choose_alpha(S["alpha"]["validation"])["alpha"]
     eps_slug = results["epsilon"].replace("/255", "")
     for r in S["table1"]["rows"]:
+        correct = total = 0
         for seed, value in r["clean_accuracy"]["by_seed"].items():
             record = json.loads((work / "evals" / f"{r['run']}_s{seed}" / f"test_eps{eps_slug}" / "job.json").read_text())
             assert record["spec"]["split"] == "test" and record["spec"]["clean_samples"] == preset.test_samples
-            assert record["result"]["clean_accuracy_clean_mode"] == value
-            assert record["result"]["robust_accuracy"] == r["robust_accuracy"]["by_seed"][seed]
-        # The card prints the JSON's numbers (a dagger marks a mean of two seeds).
+            flags = unpack_flags(record["result"]["outcomes"]["clean"])
+            assert value == flags.sum() / flags.size == record["result"]["clean_accuracy_clean_mode"]
+            robust = unpack_flags(record["result"]["outcomes"]["robust"])
+            assert r["robust_accuracy"]["by_seed"][seed] == robust.sum() / robust.size
+            correct, total = correct + int(flags.sum()), total + flags.size
+        # every number is a count of images, pooled over the seeds; the card prints the JSON's numbers
+        assert (r["clean_accuracy"]["correct"], r["clean_accuracy"]["total"]) == (correct, total)
         assert (f"`{r['run']}` | {r['extra_parameters']} | {report.cell(r['clean_accuracy'])} | "
-                f"{report.cell(r['robust_accuracy'])} |") in readme
+                f"{report.interval_cell(r['robust_accuracy'])} |") in readme
     token = next(r for r in S["table1"]["rows"] if r["adapter"] == "cls_token")
     assert token["extra_parameters"] == 16  # one more classification token of width 16
     assert "test: validation" in readme and "carve-out" in readme  # digits: its validation split is the test split
 
-    # Seeds: a second seed exactly where a compared difference was under the threshold at the first seed.
+    # Comparisons: paired intervals of the stored outcomes; more seeds only for unresolved claims that they can
+    # resolve, never beyond max_seeds; every claim row states its boundary and its interval.
     comparisons = [c for section in S.values() for c in section.get("comparisons", [])]
-    assert comparisons
+    assert comparisons and all(c["num_seeds"] <= 2 for c in comparisons)
     for c in comparisons:
-        first = c["a"]["0"] - c["b"]["0"]
-        assert (c["seeds"] == [0, 1]) == (abs(first) < preset.seed_noise_threshold), c
-        assert c["verdict"] in readme or c["verdict"] == "one seed"
+        assert Fraction(c["interval_95_exact"][0]) <= Fraction(c["difference_exact"]) <= Fraction(
+            c["interval_95_exact"][1])
+        if c["num_seeds"] == 2:
+            assert c["claim"]
+    assert "| section | paper's claim | tested as | here: difference [95% interval] | verdict | would need |" in readme
     # Catastrophic overfitting on the card is the detector's rule applied to the logged history.
     for r in S["table2"]["rows"]:
         for seed, co in r["collapse"].items():

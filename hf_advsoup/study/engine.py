@@ -29,9 +29,9 @@ from ..catastrophic_overfitting import find_collapse
 from .data import StudyData, prepare_study_data
 from .jobs import Job, format_duration, run_jobs, worker_pool
 from .presets import STUDY_PRESETS, StudyPreset, get_study_preset
-from .rules import Difference, compare
+from .rules import seeds_to_resolve
 from .sections import SECTIONS
-from .specs import Comparison, RunSpec, TransferResult, epsilon_slug
+from .specs import METRIC_SCALES, Comparison, RunSpec, TransferResult, epsilon_slug
 
 __all__ = ["Study", "StudyArguments", "rewrite_report", "run_study"]
 
@@ -66,8 +66,10 @@ class StudyArguments:
     seed: int = field(default=0, metadata={"help": "First seed of every run, data order and attack; the second seed "
                                            "is seed + 1."})
     sections: list[str] = field(
-        default_factory=lambda: list(SECTIONS),
-        metadata={"help": f"Sections to run, any of: {', '.join(SECTIONS)}. Default: all.", "choices": list(SECTIONS)},
+        default_factory=lambda: [name for name, section in SECTIONS.items() if section.phase != "long"],
+        metadata={"help": f"Sections to run, any of: {', '.join(SECTIONS)}. Default: all but long_horizon (the long "
+                  "runs of the collapse claims, about an hour more: its own invocation, `--sections long_horizon`).",
+                  "choices": list(SECTIONS)},
     )
     epsilon: str | None = field(
         default=None,
@@ -79,10 +81,11 @@ class StudyArguments:
         metadata={"help": "Jobs (trainings, evaluations) run at once, each in its own single-threaded process; 1 runs "
                   "them one by one in this process. Default 2 (one per core of a 2-core machine)."},
     )
-    second_seeds: bool = field(
-        default=True,
-        metadata={"help": "Run a second seed of every number in a compared difference under the preset's threshold "
-                  "(2 points). False: one seed (the card then calls such differences unresolved)."},
+    max_seeds: int = field(
+        default=3,
+        metadata={"help": "Seeds at most per measured result: a claim whose 95% interval straddles its boundary gets "
+                  "another seed of both compared results when that can resolve it (rules.seeds_to_resolve), up to "
+                  "this many. 1: one seed (such claims stay unresolved)."},
     )
     reuse_runs: bool = field(
         default=True,
@@ -107,6 +110,8 @@ class StudyArguments:
             raise ValueError(f"Unknown --dataset {self.dataset!r}; study presets: {', '.join(STUDY_PRESETS)}.")
         if self.jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {self.jobs}.")
+        if not 1 <= self.max_seeds <= 5:
+            raise ValueError(f"--max_seeds must be between 1 and 5, got {self.max_seeds}.")
         if self.epsilon is not None:
             from ..attacks import parse_epsilon
 
@@ -128,7 +133,7 @@ class Study:
         self.command = command or f"hf_advsoup.study.run_study(StudyArguments(dataset={args.dataset!r}, ...))"
         self.args = args
         self.seed = args.seed
-        self.seeds = [args.seed, args.seed + 1]
+        self.seeds = [args.seed + i for i in range(max(args.max_seeds, 1))]
         default_work = Path("runs") / ("reproduce_quick" if args.quick else "reproduce") / preset.name
         self.work_dir = Path(args.work_dir) if args.work_dir else default_work
         self.output_dir = Path(args.output_dir or (self.work_dir / "card" if args.quick else preset.output_dir))
@@ -174,7 +179,7 @@ class Study:
     def train_job(self, spec: RunSpec, seed: int) -> Job:
         return Job(f"train/{spec.name}_s{seed}", "train",
                    {"cotrain_script": str(self.cotrain_script), "argv": self.cotrain_argv(spec, seed)},
-                   str(self.run_dir(spec, seed)))
+                   str(self.run_dir(spec, seed)), resumable=True)
 
     def eval_job(self, spec: RunSpec, seed: int, split: str, epsilon: str | None = None) -> Job:
         """Evaluate ``spec`` at ``seed`` on ``split`` of its data (the source classes for a class-subset run): clean
@@ -189,6 +194,7 @@ class Study:
             "clean_samples": p.test_samples if test else p.validation_samples,
             "robust_samples": p.test_robust_samples if test else p.validation_robust_samples,
             "epsilon": eps, "attacks": list(p.report_attacks), "attack_steps": p.report_attack_steps, "seed": seed,
+            "batch_size": p.evaluation_batch_size,
         }, str(self.work_dir / "evals" / where), deps=(f"train/{spec.name}_s{seed}",))
 
     def soups_jobs(self, seed: int) -> list[Job]:
@@ -205,7 +211,7 @@ class Study:
             "data_path": self.data.path, "split": "test", "betas": list(p.soup_betas),
             "clean_samples": p.test_samples, "robust_samples": p.soup_robust_samples, "epsilon": self.epsilon,
             "attacks": list(p.report_attacks), "attack_steps": p.report_attack_steps, "seed": seed,
-            "extra_points": list(p.soup_extra_points), "dataset_title": p.title,
+            "extra_points": list(p.soup_extra_points), "dataset_title": p.title, "batch_size": p.evaluation_batch_size,
         }, str(self.work_dir / "soups" / where), deps=tuple(job.name for job in trains.values()))
         return [*trains.values(), soups]
 
@@ -234,8 +240,8 @@ class Study:
         record = self.records.get(job.name)
         return None if record is None else record["result"]
 
-    def values(self, measure) -> dict[int, dict[str, float]]:
-        """``{seed: numbers}`` of a measured result at every seed that ran."""
+    def values(self, measure) -> dict[int, dict[str, Any]]:
+        """``{seed: {metric: per-image outcomes}}`` of a measured result at every seed that ran."""
         out = {}
         for seed in self.seeds:
             numbers = measure.values(self, seed)
@@ -244,21 +250,51 @@ class Study:
         return out
 
     def stat(self, measure, metric: str) -> dict[str, Any]:
-        """``{"mean": ..., "by_seed": {"0": ..., "1": ...}}`` of one number (fractions)."""
+        """One number of the tables: ``{"mean", "by_seed", "correct", "total", "interval_95"}`` -- the accuracy
+        pooled over the seeds that ran (a count of images), each seed's, and the Wilson interval of the pooled
+        count (for ``mean``, of clean and robust accuracy: per image the sum of the two, over twice the images)."""
+        from ..intervals import wilson_interval
+
+        scale = METRIC_SCALES.get(metric, 1)
         by_seed = {seed: numbers[metric] for seed, numbers in self.values(measure).items()}
         if not by_seed:
             raise RuntimeError(f"No result for {measure.key} ({metric}): its jobs did not run.")
-        return {"mean": sum(by_seed.values()) / len(by_seed), "by_seed": {str(s): v for s, v in by_seed.items()}}
+        correct = sum(int(v.sum()) for v in by_seed.values())
+        total = scale * sum(int(v.size) for v in by_seed.values())
+        return {"mean": correct / total, "correct": correct, "total": total,
+                "interval_95": list(wilson_interval(correct, total)),
+                "by_seed": {str(s): int(v.sum()) / (scale * v.size) for s, v in by_seed.items()}}
 
-    def difference(self, comparison: Comparison) -> Difference:
+    def paired(self, comparison: Comparison):
+        """The paired difference of a comparison, pooled over the seeds both sides were measured at (images in
+        common only: the first ones of the smaller evaluation)."""
+        from ..intervals import paired_difference
+
         a = {s: v[comparison.metric] for s, v in self.values(comparison.a).items()}
         b = {s: v[comparison.metric] for s, v in self.values(comparison.b).items()}
-        return compare(a, b, self.preset.seed_noise_threshold)
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            raise RuntimeError(f"No seed in common between {comparison.a.key} and {comparison.b.key}.")
+        n = min(min(a[s].size, b[s].size) for s in seeds)
+        return paired_difference({s: a[s][:n] for s in seeds}, {s: b[s][:n] for s in seeds},
+                                 scale=METRIC_SCALES.get(comparison.metric, 1), seed=self.seed)
 
     def compared(self, comparison: Comparison) -> dict[str, Any]:
-        """A comparison with its numbers and verdict, as ``results.json`` and the card hold it."""
+        """A comparison with its paired interval and verdict, as ``results.json`` and the card hold it."""
+        from fractions import Fraction
+
+        from ..intervals import decide, images_to_resolve
+
+        paired = self.paired(comparison)
+        verdict = decide(paired, comparison.boundary, comparison.direction)
         return {"key": comparison.key, "label": comparison.label, "metric": comparison.metric,
-                "a": comparison.a.key, "b": comparison.b.key, **self.difference(comparison).to_dict()}
+                "a": comparison.a.key, "b": comparison.b.key, "direction": comparison.direction,
+                "boundary": float(Fraction(comparison.boundary)), "boundary_exact": comparison.boundary,
+                "claim": comparison.claim, **paired.to_dict(), "verdict": verdict,
+                "images_to_resolve": (images_to_resolve(paired, comparison.boundary, comparison.direction)
+                                      if verdict == "unresolved" else None),
+                "seeds_to_resolve": seeds_to_resolve(paired, comparison.boundary, comparison.direction,
+                                                     paired.num_seeds, self.args.max_seeds)}
 
     def num_parameters(self, spec: RunSpec) -> int:
         return self.result(self.eval_job(spec, self.seed, "test"))["num_parameters"]
@@ -331,24 +367,30 @@ class Study:
             self.epsilon, self.epsilon_source = self.preset.default_epsilon, "the preset's default (no sweep)"
             logger.warning("No --epsilon and no epsilon sweep: using the preset's %s.", self.epsilon)
 
-        main = [s for s in selected if s.phase == "main"]
+        main = [s for s in selected if s.phase in ("main", "long")]
         tick = time.perf_counter()
         logger.info("=== Sections %s (seed %d) ===", ", ".join(s.name for s in main), self.seed)
         self.execute([job for s in main for job in s.jobs(self, self.seed)])
         self.timings[f"seed {self.seed}"] = time.perf_counter() - tick
 
-        if self.args.second_seeds:
+        for seed in self.seeds[1:self.args.max_seeds]:
             needed: dict[str, Any] = {}
             for section in main:
                 for comparison in section.comparisons(self):
-                    if self.difference(comparison).needs_second_seed():
+                    if not comparison.claim:
+                        continue
+                    if seed in self.values(comparison.a) and seed in self.values(comparison.b):
+                        continue
+                    record = self.compared(comparison)
+                    if record["seeds_to_resolve"] is not None:
                         needed[comparison.a.key], needed[comparison.b.key] = comparison.a, comparison.b
-            if needed:
-                tick = time.perf_counter()
-                logger.info("=== Second seed (%d) of %d compared result(s) under %g points ===", self.seeds[1],
-                            len(needed), 100 * self.preset.seed_noise_threshold)
-                self.execute([job for m in needed.values() for job in m.jobs(self, self.seeds[1])])
-                self.timings[f"seed {self.seeds[1]}"] = time.perf_counter() - tick
+            if not needed:
+                break
+            tick = time.perf_counter()
+            logger.info("=== Seed %d of %d measured result(s): claims whose interval straddles their boundary ===",
+                        seed, len(needed))
+            self.execute([job for m in needed.values() for job in m.jobs(self, seed)])
+            self.timings[f"seed {seed}"] = time.perf_counter() - tick
 
         results = self.results({s.name: s.collect(self) for s in selected})
         results["timings"] = {**self.timings, "total": time.perf_counter() - start}
@@ -391,8 +433,7 @@ class Study:
             "data": self.data.to_dict(),
             "epsilon": self.epsilon,
             "epsilon_source": self.epsilon_source,
-            "seeds": self.seeds, "second_seeds": self.args.second_seeds,
-            "seed_noise_threshold": p.seed_noise_threshold,
+            "seeds": sorted({int(r["seed"]) for r in runs.values()} or {self.seed}), "max_seeds": self.args.max_seeds,
             "attack_of_record": {"presets": list(p.report_attacks), "steps_override": p.report_attack_steps,
                                  "configs": [c.to_dict() for c in attacks], "labels": [c.label for c in attacks]},
             "jobs": {name: {"kind": r["kind"], "wall_time_s": r["wall_time_s"], "reused": r["reused"]}

@@ -1,16 +1,19 @@
 """The decision rules of the study, as pure functions of the numbers: the choice of epsilon and alpha (on the
-validation split), the Pareto front, and the seed-noise rule that says which compared differences are real.
+validation split), the Pareto front, and when another seed can resolve a claim.
 
-The catastrophic-overfitting rule is the library's: :mod:`hf_advsoup.catastrophic_overfitting`.
+Verdicts of compared differences are :func:`hf_advsoup.intervals.decide` on paired intervals; the
+catastrophic-overfitting rule is the library's: :mod:`hf_advsoup.catastrophic_overfitting`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
-__all__ = ["Difference", "choose_alpha", "choose_epsilon", "compare", "pareto_front"]
+from ..intervals import PairedDifference, decide, images_to_resolve
+
+__all__ = ["choose_alpha", "choose_epsilon", "pareto_front", "seeds_to_resolve"]
 
 
 def choose_epsilon(rows: Sequence[Mapping[str, Any]], max_nominal_robust: float = 0.10,
@@ -65,71 +68,17 @@ def pareto_front(points: Mapping[Any, tuple[float, float]]) -> list:
     return sorted(front)
 
 
-@dataclass(frozen=True)
-class Difference:
-    """A compared difference ``a - b`` between two measured numbers (fractions), each at one or two seeds.
-
-    The seed-noise rule (stated on the card): a difference is **within seed noise** when its size (of the mean over
-    the seeds) is no larger than the spread between the seeds -- the largest change of either number from one seed
-    to the other. A difference measured with one seed is only reported as a difference when it reaches ``threshold``
-    (2 points by default); below it the study runs a second seed first (:meth:`needs_second_seed`).
-    """
-
-    a: Mapping[int, float]
-    b: Mapping[int, float]
-    threshold: float
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(set(self.a) & set(self.b))
-
-    @property
-    def mean_a(self) -> float:
-        return sum(self.a[s] for s in self.seeds) / len(self.seeds)
-
-    @property
-    def mean_b(self) -> float:
-        return sum(self.b[s] for s in self.seeds) / len(self.seeds)
-
-    @property
-    def value(self) -> float:
-        """``mean(a) - mean(b)`` over the seeds both were measured at."""
-        return self.mean_a - self.mean_b
-
-    @property
-    def spread(self) -> float | None:
-        """The largest seed-to-seed change of ``a`` or ``b`` (None with one seed)."""
-        seeds = self.seeds
-        if len(seeds) < 2:
-            return None
-        return max(max(self.a[s] for s in seeds) - min(self.a[s] for s in seeds),
-                   max(self.b[s] for s in seeds) - min(self.b[s] for s in seeds))
-
-    def needs_second_seed(self) -> bool:
-        return len(self.seeds) < 2 and abs(self.value) < self.threshold
-
-    @property
-    def verdict(self) -> str:
-        """``"beyond seed noise"``, ``"within seed noise"`` (two seeds), ``"one seed"`` (at least ``threshold``) or
-        ``"unresolved"`` (under ``threshold`` with one seed: the second seed was not run)."""
-        spread = self.spread
-        if spread is None:
-            return "one seed" if abs(self.value) >= self.threshold else "unresolved"
-        return "within seed noise" if abs(self.value) <= spread + 1e-12 else "beyond seed noise"
-
-    @property
-    def real(self) -> bool:
-        """Whether the difference counts (its sign is a finding): not within seed noise, not unresolved."""
-        return self.verdict in ("beyond seed noise", "one seed")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"a": {str(s): v for s, v in sorted(self.a.items())}, "b": {str(s): v for s, v in sorted(self.b.items())},
-                "difference": self.value, "spread": self.spread, "seeds": self.seeds, "verdict": self.verdict,
-                "real": self.real, "threshold": self.threshold}
-
-
-def compare(a: Mapping[int, float], b: Mapping[int, float], threshold: float = 0.02) -> Difference:
-    """The :class:`Difference` ``a - b`` of two numbers given per seed (``{seed: fraction}``)."""
-    if not set(a) & set(b):
-        raise ValueError(f"No seed in common between the compared numbers (seeds {sorted(a)} and {sorted(b)}).")
-    return Difference(dict(a), dict(b), threshold)
+def seeds_to_resolve(comparison: PairedDifference, boundary: Fraction | str, direction: str, seeds: int,
+                     max_seeds: int) -> int | None:
+    """How many seeds (in all, at most ``max_seeds``) would likely resolve an unresolved claim: the interval's
+    half-width shrinks as one over the square root of the measured images x seeds, so ``k`` seeds resolve it when
+    ``seeds * (half-width / distance to the boundary) ** 2 <= k``. ``None`` when the verdict is already resolved,
+    the difference sits on the boundary, or even ``max_seeds`` seeds would not do (the card then says how many
+    images it would take)."""
+    if decide(comparison, boundary, direction) != "unresolved":
+        return None
+    need = images_to_resolve(comparison, boundary, direction)
+    if need is None:
+        return None
+    total = -(-need * seeds // comparison.num_examples)  # seeds of this many images each
+    return total if total <= max_seeds else None

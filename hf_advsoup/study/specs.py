@@ -2,6 +2,11 @@
 (:class:`RunResult`, :class:`SoupResult`, :class:`TransferResult`), and the differences they compare
 (:class:`Comparison`). The engine (:class:`hf_advsoup.study.engine.Study`) turns them into jobs and reads their
 numbers back; a section never runs anything itself.
+
+A measured number is never a float here: :meth:`values` returns each metric's **per-image outcomes** (integers: 1 =
+correct), in the order of the evaluated test images, so that accuracies are counts and comparisons are paired over
+the same images (:mod:`hf_advsoup.intervals`). ``mean`` (of clean and robust accuracy) is the per-image sum of the
+two on the robust images (0, 1 or 2; :data:`METRIC_SCALES`).
 """
 
 from __future__ import annotations
@@ -9,11 +14,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Study
     from .jobs import Job
 
-__all__ = ["Comparison", "Measure", "RunResult", "RunSpec", "SoupResult", "TransferResult", "epsilon_slug"]
+__all__ = ["METRIC_SCALES", "Comparison", "Measure", "RunResult", "RunSpec", "SoupResult", "TransferResult",
+           "epsilon_slug", "outcomes"]
+
+METRIC_SCALES = {"mean": 2}
+"""The score of a perfect image for metrics that are not plain correctness (default 1)."""
+
+
+def outcomes(packed: str) -> np.ndarray:
+    """Per-image outcomes (0/1 integers) from a job's packed flags."""
+    from ..intervals import unpack_flags
+
+    return unpack_flags(packed).astype(np.int64)
+
+
+def _with_mean(clean: np.ndarray, robust: np.ndarray, **extra: np.ndarray) -> dict[str, np.ndarray]:
+    """The metrics of one evaluated setting; ``mean`` on the robust images (the first ``len(robust)``)."""
+    return {"clean": clean, "robust": robust, "mean": clean[:robust.size] + robust, **extra}
 
 
 def epsilon_slug(text: str) -> str:
@@ -70,13 +93,13 @@ class RunResult:
     def jobs(self, study: Study, seed: int) -> list[Job]:
         return [study.train_job(self.spec, seed), study.eval_job(self.spec, seed, "test")]
 
-    def values(self, study: Study, seed: int) -> dict[str, float] | None:
+    def values(self, study: Study, seed: int) -> dict[str, np.ndarray] | None:
         result = study.result(study.eval_job(self.spec, seed, "test"))
         if result is None:
             return None
-        clean, robust = result["clean_accuracy_clean_mode"], result["robust_accuracy"]
-        return {"clean": clean, "robust": robust, "clean_robust_mode": result["clean_accuracy_robust_mode"],
-                "mean": (clean + robust) / 2}
+        o = result["outcomes"]
+        return _with_mean(outcomes(o["clean"]), outcomes(o["robust"]),
+                          clean_robust_mode=outcomes(o["clean_robust_mode"]))
 
 
 @dataclass(frozen=True)
@@ -94,16 +117,16 @@ class SoupResult:
     def jobs(self, study: Study, seed: int) -> list[Job]:
         return study.soups_jobs(seed)
 
-    def values(self, study: Study, seed: int) -> dict[str, float] | None:
+    def values(self, study: Study, seed: int) -> dict[str, np.ndarray] | None:
         result = study.result(study.soups_jobs(seed)[-1])
         if result is None:
             return None
-        curves = result["curves"][self.family]
-        clean = curves["clean_accuracy"].get(str(self.beta))
-        robust = curves["robust_accuracy"].get(str(self.beta))
+        packed = result["outcomes"][self.family]
+        clean = packed["clean_accuracy"].get(str(self.beta))
+        robust = packed["robust_accuracy"].get(str(self.beta))
         if clean is None or robust is None:
             return None
-        return {"clean": clean, "robust": robust, "mean": (clean + robust) / 2}
+        return _with_mean(outcomes(clean), outcomes(robust))
 
 
 @dataclass(frozen=True)
@@ -123,9 +146,9 @@ class TransferResult:
     def jobs(self, study: Study, seed: int) -> list[Job]:
         return [study.train_job(self.source, seed), study.transfer_job(self, seed)]
 
-    def values(self, study: Study, seed: int) -> dict[str, float] | None:
+    def values(self, study: Study, seed: int) -> dict[str, np.ndarray] | None:
         result = study.result(study.transfer_job(self, seed))
-        return None if result is None else {"accuracy": result["accuracy"]}
+        return None if result is None else {"accuracy": outcomes(result["outcomes"])}
 
 
 Measure = RunResult | SoupResult | TransferResult
@@ -133,8 +156,14 @@ Measure = RunResult | SoupResult | TransferResult
 
 @dataclass(frozen=True)
 class Comparison:
-    """A difference the card interprets: ``metric`` of ``a`` minus ``metric`` of ``b``. When it is under the
-    preset's threshold at the first seed, both sides get a second seed (:class:`hf_advsoup.study.rules.Difference`).
+    """A difference the card interprets: ``metric`` of ``a`` minus ``metric`` of ``b``, paired over the same test
+    images and pooled over the seeds both were measured at, with its 95% paired bootstrap interval.
+
+    The verdict is :func:`hf_advsoup.intervals.decide` of "``a - b`` is ``direction`` ``boundary``" (a fraction:
+    ``"-1/25"`` is -4 points). A ``claim`` is a comparison a paper claim is decided by: while its interval straddles
+    the boundary and more seeds could resolve it (:func:`hf_advsoup.study.rules.seeds_to_resolve`), the engine
+    measures both sides at another seed, up to the study's ``max_seeds``. Other comparisons are reported with their
+    interval (default: "``a`` above ``b``").
 
     ``key`` names it in ``results.json``; ``label`` is how the card says it."""
 
@@ -143,3 +172,6 @@ class Comparison:
     a: Any  # a Measure
     b: Any  # a Measure
     metric: str
+    direction: str = "above"
+    boundary: str = "0"
+    claim: bool = False

@@ -27,7 +27,7 @@ __all__ = ["SOUP_POINTS", "TASKS", "execute", "init_worker", "report_attack_conf
 
 logger = logging.getLogger(__name__)
 
-HISTORY_KEYS = ("epoch", "eval_clean_accuracy", "eval_robust_accuracy", "eval_robust_mode_clean_accuracy", "loss",
+HISTORY_KEYS = ("epoch", "step", "eval_clean_accuracy", "eval_robust_accuracy", "eval_robust_mode_clean_accuracy", "loss",
                 "clean_loss", "adversarial_loss")
 """What the study keeps of a run's ``log_history`` (per-epoch monitoring and losses)."""
 
@@ -166,7 +166,7 @@ def train(spec: Mapping[str, Any], directory: Path) -> dict[str, Any]:
     saved = json.loads((directory / "run_args.json").read_text())
     recipe = {key: saved.get(group, {}).get(key) for group, keys in RECIPE_KEYS.items() for key in keys}
     config = json.loads((directory / "config.json").read_text())
-    return {"history": [h for h in history if len(h) > 1], "recipe": recipe,
+    return {"history": [h for h in history if set(h) - {"epoch", "step"}], "recipe": recipe,
             "num_labels": len(config.get("id2label", {})) or None,
             "final_validation": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}}
 
@@ -177,32 +177,40 @@ def evaluate(spec: Mapping[str, Any], directory: Path) -> dict[str, Any]:
     on the first ``robust_samples``.
 
     spec: ``{"model_dir", "data_path", "split", "clean_samples", "robust_samples", "epsilon", "attacks" (preset
-    names), "attack_steps", "seed"}``. Single-copy models (adapter 'none') ignore beta."""
+    names), "attack_steps", "seed", "batch_size" (optional, images per attack call: 500)}``. Single-copy models
+    (adapter 'none') ignore beta. The per-image outcomes are returned packed (``outcomes``: clean mode's and robust
+    mode's clean outcomes, robust mode's worst case over the attacks), for counts and paired comparisons."""
     import torch
 
     from ..attacks import Normalization
     from ..evaluation import evaluate_robustness
     from .data import load_eval_tensors
 
+    from ..intervals import pack_flags
+
     model, processor = _load_model(spec["model_dir"])
     x, y = load_eval_tensors(spec["data_path"], spec["split"], processor, spec["clean_samples"])
-    correct = {1.0: 0, 0.0: 0}
+    flags: dict[float, list] = {1.0: [], 0.0: []}
     with torch.no_grad():
         for i in range(0, x.shape[0], 256):
-            for beta in correct:
+            for beta in flags:
                 logits = model(pixel_values=x[i:i + 256], beta=beta).logits
-                correct[beta] += int((logits.argmax(-1) == y[i:i + 256]).sum())
+                flags[beta].append(logits.argmax(-1) == y[i:i + 256])
+    clean = {beta: torch.cat(parts) for beta, parts in flags.items()}
     n_robust = min(int(spec["robust_samples"]), x.shape[0])
     attacks = report_attack_configs(spec["attacks"], spec["epsilon"], spec.get("attack_steps"))
     start = time.perf_counter()
     result = evaluate_robustness(model, x[:n_robust], y[:n_robust], attacks,
                                  normalization=Normalization.from_processor(processor), forward_kwargs={"beta": 0.0},
-                                 seed=int(spec["seed"]), show_progress=False)
+                                 batch_size=int(spec.get("batch_size", 500)), seed=int(spec["seed"]),
+                                 show_progress=False)
     return {
-        "clean_accuracy_clean_mode": correct[1.0] / x.shape[0],
-        "clean_accuracy_robust_mode": correct[0.0] / x.shape[0],
+        "clean_accuracy_clean_mode": int(clean[1.0].sum()) / clean[1.0].numel(),  # exact: counts, not float32
+        "clean_accuracy_robust_mode": int(clean[0.0].sum()) / clean[0.0].numel(),
         "robust_accuracy": result.robust_accuracy,
         "attack_accuracies": result.attack_accuracies,
+        "outcomes": {"clean": pack_flags(clean[1.0]), "clean_robust_mode": pack_flags(clean[0.0]),
+                     "robust": pack_flags(result.worst_case_correct)},
         "attacks": [{k: a[k] for k in ("label", "name", "epsilon", "steps", "restarts", "loss",
                                        "forward_passes_per_example")} for a in result.attacks],
         "num_clean_examples": int(x.shape[0]),
@@ -222,20 +230,26 @@ called with, e.g. ``{"beta": 0.7}``. A preset lists the names to evaluate in ``s
 
 
 def _merge_worst(evaluations: list) -> Any:
-    """One :class:`~hf_advsoup.soups.SoupEvaluation` from one per attack of record: each robust number is the lowest
-    over the attacks (the clean numbers are the same in all)."""
+    """One :class:`~hf_advsoup.soups.SoupEvaluation` from one per attack of record: each robust number is the
+    per-image worst case over the attacks (the clean numbers are the same in all)."""
     import dataclasses
 
     from ..soups import SoupEvaluation
 
     if len(evaluations) == 1:
         return evaluations[0]
+    from ..intervals import pack_flags, unpack_flags
+
     merged: dict[tuple, Any] = {}
     for evaluation in evaluations:
         for record in evaluation.records:
             known = merged.get(record.key)
-            if known is None or record.value < known.value:
+            if known is None:
                 merged[record.key] = record
+            elif record.metric == "robust_accuracy":  # per image, the worst case over the attacks
+                both = unpack_flags(known.outcomes) & unpack_flags(record.outcomes)
+                merged[record.key] = dataclasses.replace(known, value=float(both.mean()), outcomes=pack_flags(both),
+                                                         forward_passes=known.forward_passes + record.forward_passes)
     names = " + ".join(e.settings["arguments"]["attack"] for e in evaluations)
     records = [dataclasses.replace(r, threat_model={**r.threat_model, "attack": f"lowest of {names}"})
                if r.threat_model else r for r in merged.values()]
@@ -266,13 +280,18 @@ def soups(spec: Mapping[str, Any], directory: Path) -> dict[str, Any]:
     for attack in spec["attacks"]:
         arguments = SoupEvaluationArguments(
             betas=list(spec["betas"]), attack=attack, epsilon=spec["epsilon"], attack_steps=spec.get("attack_steps"),
-            batch_size=128, max_robust_examples=spec["robust_samples"], seed=int(spec["seed"]), progress=False,
+            batch_size=int(spec.get("batch_size", 500)), max_robust_examples=spec["robust_samples"],
+            seed=int(spec["seed"]), progress=False,
         )
         evaluations.append(evaluate_soups(model, {name: (x, y)}, arguments, normalization=normalization,
                                           independent_models=(nominal, adversarial)))
     result = _merge_worst(evaluations)
     result.save(directory)
     curves = {family: {metric: {str(b): v for b, v in result.curve(name, family, metric).items()}
+                       for metric in ("clean_accuracy", "robust_accuracy")}
+              for family in ("soup", "ensemble", "independent_soup")}
+    packed = {family: {metric: {str(r.beta): r.outcomes for r in result.filter(dataset=name, family=family,
+                                                                               metric=metric) if r.beta2 is None}
                        for metric in ("clean_accuracy", "robust_accuracy")}
               for family in ("soup", "ensemble", "independent_soup")}
     extra = {}
@@ -288,7 +307,7 @@ def soups(spec: Mapping[str, Any], directory: Path) -> dict[str, Any]:
                                      forward_kwargs=forward_kwargs, seed=int(spec["seed"]), show_progress=False)
         extra[point] = {"clean_accuracy": clean.clean_accuracy, "robust_accuracy": robust.robust_accuracy,
                         "forward_kwargs": {k: str(v) for k, v in forward_kwargs.items()}}
-    return {"curves": curves, "extra_points": extra, "selection": result.selection,
+    return {"curves": curves, "outcomes": packed, "extra_points": extra, "selection": result.selection,
             "files": ["soup_results.json", "soup_results.csv", "soup_results.md"],
             "num_clean_examples": int(x.shape[0]), "num_robust_examples": n_robust}
 
@@ -321,7 +340,18 @@ def transfer(spec: Mapping[str, Any], directory: Path) -> dict[str, Any]:
         CoTrainingArguments(output_dir=str(directory), **training),
         dataset_dict=target,
     )
-    return {"accuracy": info.metrics["test_clean_accuracy"], "validation_accuracy": info.metrics["eval_clean_accuracy"],
+    import torch
+
+    from ..intervals import pack_flags
+    from .data import load_eval_tensors
+
+    model, processor = _load_model(str(directory))  # the saved (EMA) fine-tuned model, as Trainer evaluated it
+    x, y = load_eval_tensors(spec["data_path"], "test", processor)
+    with torch.no_grad():
+        right = torch.cat([model(pixel_values=x[i:i + 256]).logits.argmax(-1) == y[i:i + 256]
+                           for i in range(0, x.shape[0], 256)])
+    return {"accuracy": int(right.sum()) / right.numel(), "trainer_test_accuracy": info.metrics["test_clean_accuracy"],
+            "validation_accuracy": info.metrics["eval_clean_accuracy"], "outcomes": pack_flags(right),
             "num_test_examples": len(target["test"]), "recipe": recipe}
 
 
