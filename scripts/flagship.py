@@ -8,6 +8,7 @@ Launch (offline; two single-threaded jobs at a time, one per core)::
     OMP_NUM_THREADS=1 python scripts/flagship.py                       # -> model_cards/fashion-mnist-flagship/
     OMP_NUM_THREADS=1 python scripts/flagship.py --stage train         # only the three trainings
     OMP_NUM_THREADS=1 python scripts/flagship.py --autoattack_examples 2000   # more images under AutoAttack
+    OMP_NUM_THREADS=1 python scripts/flagship.py --defences false     # without the per-image defences
     python scripts/flagship.py --quick --work_dir /tmp/flagship_quick  # a smoke run of the whole pipeline
     python scripts/flagship.py --stage report_only                     # re-render the card from results.json
 

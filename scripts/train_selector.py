@@ -11,9 +11,12 @@ Launch::
     python scripts/train_selector.py --model_name_or_path runs/fmnist --dataset_name fashion_mnist \\
         --max_train_samples 10000 --train_epsilon 0.1 --selector_layers 2 --output_dir runs/fmnist-auto
 
-The selector (:class:`hf_advsoup.modeling_advsoup.AdvSoupSelector`) learns to give clean images ``beta = 1`` and
-training-attack images ``beta = 0``; the attack runs on robust mode as in co-training (preset, radius and steps from
-the checkpoint's ``run_args.json`` unless given here). Training is :class:`hf_advsoup.selection.SelectorTrainer` (a
+The selector (:class:`hf_advsoup.modeling_advsoup.AdvSoupSelector`) learns, with ``--objective detection`` (the
+default), to give clean images ``beta = 1`` and training-attack images ``beta = 0``, the attack running on robust
+mode as in co-training (preset, radius and steps from the checkpoint's ``run_args.json`` unless given here); with
+``--objective composite`` it is trained against the system it defends (adaptive smoothing's objective): each batch is
+attacked end to end through the selector and the loss is the final prediction's cross-entropy on the clean and the
+attacked images (``--composite_robust_weight``, ``--composite_clean_push``; docs/selection.md). Training is :class:`hf_advsoup.selection.SelectorTrainer` (a
 ``Trainer``: every ``TrainingArguments`` flag works, e.g. ``--num_train_epochs``, ``--learning_rate``,
 ``--eval_strategy epoch``). A checkpoint that already has a selector gets a new one.
 
@@ -137,9 +140,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
-        print(f"Saved to {training_args.output_dir}: on the validation split the selector gives clean images beta > "
-              f"0.5 for {metrics['eval_clean_as_clean']:.4f} of them and {train_attack.label} images beta < 0.5 for "
-              f"{metrics['eval_attacked_as_robust']:.4f}. Evaluate it against adaptive attacks: python "
+        if training_args.objective == "composite":
+            found = (f"the selected model classifies {metrics['eval_auto_clean_accuracy']:.4f} of the validation "
+                     f"images right, and {metrics['eval_auto_attacked_accuracy']:.4f} of them attacked end to end "
+                     f"({train_attack.label}, through the selector)")
+        else:
+            found = (f"on the validation split the selector gives clean images beta > 0.5 for "
+                     f"{metrics['eval_clean_as_clean']:.4f} of them and {train_attack.label} images beta < 0.5 for "
+                     f"{metrics['eval_attacked_as_robust']:.4f}")
+        print(f"Saved to {training_args.output_dir}: {found}. Evaluate it against adaptive attacks: python "
               f"scripts/evaluate_soups.py --model_name_or_path {training_args.output_dir} --auto ...")
     return metrics
 

@@ -93,6 +93,24 @@ def test_flagship_end_to_end_writes_a_hub_folder_of_counted_results(tmp_path, fa
     assert Fraction(first["difference_exact"]) == Fraction(int((a - b).sum()), a.size)
     assert first["verdict"] in ("reproduced", "not reproduced", "unresolved")
 
+    # the per-image defences: auto (composite selector), the mixtures chosen on validation, every soup, an ensemble
+    defences = json.loads((card / "auto_results.json").read_text())
+    names = [r["name"] for r in defences["results"]]
+    assert names[0] == "auto_composite" and {"soup_1", "soup_0.5", "soup_0", "ensemble_0.5"} <= set(names)
+    for r in defences["results"]:
+        assert r["num_examples"] == 8 and "worst_case_robust_accuracy" in r
+        worst = unpack_flags(r["outcomes"]["worst_case"])
+        assert r["worst_case_robust_accuracy"] == worst.sum() / worst.size
+        for key in r["attacks"]:  # the worst case is the AND over the system's attacks
+            assert not (worst & ~unpack_flags(r["outcomes"][key])).any()
+    soup = next(r for r in defences["results"] if r["name"] == "soup_0")
+    assert set(soup["attacks"]) == {"transfer", "end_to_end"}  # end to end: the main evaluation's report
+    assert np.array_equal(unpack_flags(soup["outcomes"]["end_to_end"]),
+                          unpack_flags(saved["per_example"]["robust_mode"]["report"])[:8])
+    auto = defences["results"][0]
+    assert {"transfer", "end_to_end", "toward_clean_1", "toward_clean_10", "autoattack"} <= set(auto["attacks"])
+    assert defences["comparison"]["against_the_curve"] and "Per-image defences" in (card / "README.md").read_text()
+
     metadata = ModelCard.load(card / "README.md").data
     assert metadata.pipeline_tag == "image-classification" and len(metadata.eval_results) >= 6
     assert "Quick mode" in (card / "README.md").read_text()

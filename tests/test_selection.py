@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
 from hf_advsoup.attacks import Normalization
+from hf_advsoup.intervals import unpack_flags
 from hf_advsoup.selection import (
     AutoEvaluationArguments,
     AutoSoupClassifier,
@@ -287,9 +288,9 @@ def test_train_selector_then_evaluate_auto_from_the_command_line(cotrained, tmp_
         "--plots", "False", "--output_dir", str(soups)])
     saved = json.loads((soups / "auto_results.json").read_text())
     assert [r["name"] for r in saved["results"]] == ["auto", "beta=0", "beta=1"]
-    assert saved["num_examples"] == 8 and len(saved["results"][0]["clean_correct"]) == 8
+    assert saved["num_examples"] == 8 and unpack_flags(saved["results"][0]["outcomes"]["clean"]).size == 8
     assert result.settings["auto"]["comparison"]["auto"]["clean_accuracy"] == saved["results"][0]["clean_accuracy"]
-    assert "beta='auto' vs fixed soups" in capsys.readouterr().out
+    assert "Per-image defences vs fixed soups" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no soup selector"):
         evaluate_soups.main(["--model_name_or_path", str(cotrained), "--datasets", "digits:validation", "--auto",
                              "--output_dir", str(tmp_path / "refused")])

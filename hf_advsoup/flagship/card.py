@@ -163,6 +163,7 @@ def collect(flagship) -> dict[str, Any]:
                           **accuracy.to_dict(), "verdict": verdict,
                           "short_by_points": max(0.0, float(100 * (threshold - accuracy.value)))})
 
+    defences = collect_defences(flagship, outcomes)
     runs = {}
     for run in p.runs:
         record = records[f"train/{run.name}"]
@@ -188,13 +189,78 @@ def collect(flagship) -> dict[str, Any]:
                                         "exact McNemar p-value"},
         "systems": systems,
         "sweep": [{"beta": beta, "key": System("cotrained", beta).key} for beta in sorted(p.betas)],
-        "comparisons": comparisons, "ambitions": ambitions, "runs": runs,
+        "comparisons": comparisons, "ambitions": ambitions, "runs": runs, "defences": _defence_summary(defences),
+        "_auto_results": defences,
         "per_example": {key: {metric: _pack(flags) for metric, flags in measured.items()}
                         for key, measured in outcomes.items()},
         "command": flagship.command, "machine": flagship.machine(), "recipe": str(flagship.preset.recipe),
         "notes": list(p.notes), "quick": p.quick_mode,
         "finished": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
+
+
+def collect_defences(flagship, outcomes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """``auto_results.json``: the per-image defences and the fixed soups and ensembles they are compared with, from
+    the ``defences/<chunk>`` jobs (the contiguous chunks from image 0), each system's robust accuracy the per-image
+    worst case over its attacks. A fixed soup's end-to-end attack is the main evaluation's ``report`` on the same
+    images. ``None`` when the defences were not run."""
+    import numpy as np
+    import torch
+
+    from ..selection import AutoSoupResult, SystemsEvaluation
+
+    p = flagship.preset
+    chunks, start = [], 0
+    while start < p.defence_examples:
+        record = flagship.records.get(f"defences/{start:05d}-{min(start + p.defence_chunk_size, p.defence_examples):05d}")
+        if record is None:
+            break
+        chunks.append(record["result"])
+        start = record["result"]["stop"]
+    if not chunks:
+        return None
+    n = chunks[-1]["stop"]
+    labels = dict(chunks[0]["attack_labels"])
+    results = []
+    for name, first in chunks[0]["systems"].items():
+        clean = np.concatenate([unpack_flags(c["systems"][name]["clean"]) for c in chunks])
+        attacks = {key: np.concatenate([unpack_flags(c["systems"][name]["attacks"][key]) for c in chunks])
+                   for key in first["attacks"]}
+        if first["family"] == "soup" and outcomes is not None:
+            key = System("cotrained", first["beta"]).key
+            report = outcomes.get(key, {}).get("report")
+            if report is not None and report.size >= n:
+                attacks["end_to_end"] = report[:n]  # the main evaluation's report attack, same images
+        mean_beta = {}
+        for key in first["mean_beta"]:
+            mean_beta[key] = float(np.mean([c["systems"][name]["mean_beta"].get(key, np.nan) for c in chunks]))
+        results.append(AutoSoupResult(
+            name="auto_composite" if first["family"] == "auto" else name, beta=first["beta"],
+            clean_correct=torch.from_numpy(clean), attack_correct={k: torch.from_numpy(v) for k, v in attacks.items()},
+            mean_beta=mean_beta, family=first["family"], mix=first["mix"], forwards=first["forwards"]))
+    choice = flagship.records["choose/mix"]["result"]
+    selector = flagship.records["train/selector"]
+    evaluation = SystemsEvaluation(
+        dataset=f"{p.title} test split (the first {n:,} images)", num_examples=int(n),
+        attacks=[{"key": k, "label": v} for k, v in labels.items()], results=results,
+        settings={"epsilon": flagship.preset.epsilon, "mix_choice": choice,
+                  "selector": {"argv": selector["spec"]["argv"], "train_time_s": selector["wall_time_s"],
+                               "metrics": selector["result"]["metrics"]},
+                  "soups_end_to_end": "the main evaluation's report attack on the same images"})
+    return evaluation.to_dict(per_example=True)
+
+
+def _defence_summary(defences: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the card shows of ``auto_results.json``: each system's accuracies and the comparisons."""
+    if defences is None:
+        return None
+    keep = ("name", "family", "beta", "mix", "forwards_per_image", "clean_accuracy", "clean_accuracy_interval_95",
+            "worst_case_robust_accuracy", "worst_case_robust_accuracy_interval_95", "num_examples",
+            "attack_accuracies", "mean_beta")
+    return {"num_examples": defences["num_examples"], "attacks": defences["attacks"],
+            "results": [{k: r[k] for k in keep} for r in defences["results"]],
+            "against_the_curve": defences["comparison"].get("against_the_curve", []),
+            "mix_choice": defences["settings"]["mix_choice"], "selector": defences["settings"]["selector"]}
 
 
 def _pack(flags) -> str:
@@ -228,6 +294,9 @@ def write_folder(flagship, results: dict[str, Any]) -> Path:
     run_args = flagship.run_dir("cotrained") / "run_args.json"
     if run_args.is_file():
         (folder / "run_args.json").write_text(run_args.read_text())
+    defences = results.pop("_auto_results", None)
+    if defences is not None:
+        (folder / "auto_results.json").write_text(json.dumps(defences, indent=1) + "\n")
     (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_plots(results, folder)
     (folder / "README.md").write_text(render_card(results))
@@ -436,6 +505,7 @@ def render_card(results: dict[str, Any]) -> str:
         if entry is not None:
             lines.append(f"| {row['beta']:g} | {_pct(entry['clean'])} | {_pct(entry['robust'].get('report'))} | "
                          f"{_pct(entry['robust'].get('autoattack'))} |")
+    lines += _defences_section(results)
     lines += [""]
     for name, title in PLOTS.items():
         lines += [f"![{title}]({name})", "", f"*{title}.*", ""]
@@ -447,6 +517,57 @@ def render_card(results: dict[str, Any]) -> str:
               "```", ""]
     del model
     return "\n".join(lines)
+
+
+def _defences_section(results: dict[str, Any]) -> list[str]:
+    """The per-image defences (``auto_results.json``): each system's clean and worst-case robust accuracy, and each
+    defence against the fixed-soup curve with its paired interval."""
+    d = results.get("defences")
+    if not d:
+        return []
+    labels = {a["key"]: a["label"] for a in d["attacks"]}
+    keys = list(labels)
+    lines = ["", "### Per-image defences: `beta=\"auto\"` and mixed outputs", "",
+             f"On the first {d['num_examples']:,} test images (`auto_results.json`): `auto_composite` is the selector "
+             "trained against the system it defends (adaptive smoothing's composite objective, backbone frozen); "
+             "`mix_*` mix the two modes' probabilities after MixedNUTS' transform of robust mode's logits, chosen on "
+             "validation (two forwards). Robust accuracy is the per-image worst case over every attack run on the "
+             "system (a dash: not run on it; fixed soups' end-to-end attack is the main evaluation's `report` on the "
+             "same images). Brackets: 95% Wilson intervals.", "",
+             "| system | forwards | clean | " + " | ".join(labels[k] for k in keys) + " | worst case |",
+             "|---|---|---|" + "---|" * len(keys) + "---|"]
+    for r in d["results"]:
+        low, high = r["clean_accuracy_interval_95"]
+        wl, wh = r["worst_case_robust_accuracy_interval_95"]
+        cells = [f"{100 * r['attack_accuracies'][k]:.1f}%" if k in r["attack_accuracies"] else "—" for k in keys]
+        lines.append(f"| {r['name']} | {r['forwards_per_image']:.2g} | {100 * r['clean_accuracy']:.1f}% "
+                     f"[{100 * low:.1f}, {100 * high:.1f}] | " + " | ".join(cells)
+                     + f" | **{100 * r['worst_case_robust_accuracy']:.1f}%** [{100 * wl:.1f}, {100 * wh:.1f}] |")
+    lines += ["", "Each defence against the fixed-soup curve: the most accurate fixed soup at equal or higher "
+              "worst-case robust accuracy, and the paired difference of clean accuracy (95% paired bootstrap "
+              "interval). *Above the curve* means at least 2 points more clean accuracy with the interval above 0.",
+              ""]
+    for entry in d["against_the_curve"]:
+        if entry.get("best_fixed") is None:
+            lines.append(f"- `{entry['name']}`: {entry.get('note', 'no fixed soup is as robust')}.")
+            continue
+        best, diff = entry["best_fixed"], entry["clean_difference"]
+        lines.append(f"- `{entry['name']}` ({100 * entry['clean_accuracy']:.1f}% clean, "
+                     f"{100 * entry['worst_case_robust_accuracy']:.1f}% worst case) vs `{best['name']}` "
+                     f"({100 * best['clean_accuracy']:.1f}%, {100 * best['worst_case_robust_accuracy']:.1f}%): "
+                     f"clean {diff['text']}: **{'above' if entry['above_the_curve'] else 'not above'} the curve**.")
+    above = [e for e in d["against_the_curve"] if e.get("above_the_curve")]
+    if not above:
+        weakest = []
+        for r in d["results"]:
+            if r["family"] in ("auto", "mix") and r["attack_accuracies"]:
+                key = min(r["attack_accuracies"], key=r["attack_accuracies"].get)
+                weakest.append(f"`{r['name']}` falls furthest under {labels.get(key, key)} "
+                               f"({100 * r['attack_accuracies'][key]:.1f}%)")
+        lines += ["", "No per-image defence lies above the fixed-soup curve on this model"
+                  + (": " + "; ".join(weakest) + "." if weakest else ".")
+                  + " docs/selection.md says which to use when."]
+    return lines
 
 
 def _next_step(results: dict[str, Any]) -> list[str]:

@@ -86,6 +86,13 @@ class FlagshipArguments:
         default=None,
         metadata={"help": "Test images under the report attack (the first N). Default: the preset's."},
     )
+    defences: bool = field(
+        default=True,
+        metadata={"help": "Evaluate the per-image defences too (docs/selection.md): beta='auto' with a selector "
+                  "trained against the system it defends, and the mix family chosen on validation, next to the fixed "
+                  "soups and an ensemble, under adaptive attacks on the first defence_examples test images; writes "
+                  "auto_results.json into the model's folder. About an hour on 2 cores; false to skip."},
+    )
     quick: bool = field(
         default=False,
         metadata={"help": "A smoke run of the whole pipeline at a minuscule scale (minutes; numbers meaningless)."},
@@ -198,6 +205,48 @@ class Flagship:
                     jobs.append(self._attack_job(system, attack, start, stop, dataset_name))
         return jobs
 
+    def defence_jobs(self) -> list[Job]:
+        """Phase 1 of the defences: the selector (trained against the system it defends) and the mixtures' choice on
+        validation, both after the co-trained run."""
+        p = self.preset
+        selector = Job("train/selector", "hf_advsoup.study.tasks:run_script", {
+            "script": str(self.cotrain_script.parent / "train_selector.py"),
+            "argv": ["--model_name_or_path", str(self.run_dir("cotrained")), "--dataset_name", self._dataset_name(),
+                     "--output_dir", str(self.run_dir("selector")), "--overwrite_output_dir", "--seed",
+                     str(p.seed), "--report_to", "none", "--disable_tqdm", "true", *p.selector_argv],
+        }, str(self.run_dir("selector")), deps=("train/cotrained",))
+        choose = Job("choose/mix", f"{TASKS}:choose_mix", {
+            "model_dir": str(self.run_dir("cotrained")), "dataset_name": self._dataset_name(),
+            "examples": p.defence_validation_examples, "epsilon": p.epsilon, "floors": list(p.mix_floors),
+            "seed": p.seed, "attack_steps": p.defence_attack_steps,
+        }, str(self.work_dir / "eval" / "choose_mix"), deps=("train/cotrained",))
+        return [selector, choose]
+
+    def defence_systems(self) -> list[dict[str, Any]]:
+        """The systems of phase 2: auto, the chosen mixtures, every soup of the sweep, the ensembles."""
+        p = self.preset
+        chosen = self.records["choose/mix"]["result"]["chosen"]
+        mixes = list({json.dumps(c["config"], sort_keys=True): c["config"] for c in chosen if c["config"]}.values())
+        return ([{"family": "auto"}] + [{"family": "mix", "mix": mix} for mix in mixes]
+                + [{"family": "soup", "beta": b} for b in sorted(p.betas, reverse=True)]
+                + [{"family": "ensemble", "beta": b} for b in p.ensemble_betas])
+
+    def defence_chunk_jobs(self) -> list[Job]:
+        """Phase 2 of the defences: every system under the adaptive attacks, chunk by chunk of test images."""
+        p = self.preset
+        systems = self.defence_systems()
+        jobs = []
+        for start in range(0, p.defence_examples, p.defence_chunk_size):
+            stop = min(start + p.defence_chunk_size, p.defence_examples)
+            jobs.append(Job(f"defences/{start:05d}-{stop:05d}", f"{TASKS}:defend", {
+                "model_dir": str(self.run_dir("cotrained")), "selector_dir": str(self.run_dir("selector")),
+                "dataset_name": self._dataset_name(), "start": start, "stop": stop, "epsilon": p.epsilon,
+                "seed": p.seed, "systems": systems, "attack_steps": p.defence_attack_steps,
+                "autoattack_attacks": list(p.defence_autoattack_attacks),
+            }, str(self.work_dir / "eval" / "defences" / f"{start:05d}-{stop:05d}"),
+                deps=("train/cotrained", "train/selector", "choose/mix")))
+        return jobs
+
     def _attack_job(self, system: System, attack: str, start: int, stop: int, dataset_name: str) -> Job:
         p = self.preset
         where = f"{attack}/{system.key}/{start:05d}-{stop:05d}"
@@ -213,9 +262,15 @@ class Flagship:
         self.check()
         began = time.perf_counter()
         jobs = self.train_jobs() + ([] if self.args.stage == "train" else self.eval_jobs())
+        defences = self.args.defences and self.args.stage != "train"
+        if defences:
+            jobs += self.defence_jobs()
         logger.info("Flagship %s: %d jobs (%d trainings), %d at a time; work in %s", self.preset.name, len(jobs),
                     len(self.preset.runs), self.args.jobs, self.work_dir)
         self.records = run_jobs(jobs, workers=self.args.jobs, log_dir=self.work_dir / "logs")
+        if defences:  # phase 2: the systems depend on the mixtures chosen in phase 1
+            jobs += self.defence_chunk_jobs()
+            self.records = run_jobs(jobs, workers=self.args.jobs, log_dir=self.work_dir / "logs")
         elapsed = time.perf_counter() - began
         stages = self.stage_times()
         for stage, seconds in stages.items():
@@ -239,6 +294,8 @@ class Flagship:
             kind, _, rest = name.partition("/")
             if kind == "train":
                 out[f"training {rest} (wall)"] = record["wall_time_s"]
+            elif kind == "choose":
+                out["choosing the mixtures on validation"] = record["wall_time_s"]
             else:
                 key = f"evaluation: {kind} (sum of jobs)"
                 out[key] = out.get(key, 0.0) + record["wall_time_s"]

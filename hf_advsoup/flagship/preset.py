@@ -76,6 +76,19 @@ class FlagshipPreset:
     report_examples: int = 2000
     chunk_size: int = 500
     seed: int = 0
+    # -- per-image defences (scripts/flagship.py --defences; docs/selection.md): beta="auto" with a selector trained
+    # against the system it defends, and the mix family chosen on validation, next to the fixed soups and ensembles
+    defence_examples: int = 1000  # the first N test images (within report_examples: the soups' report is reused)
+    defence_chunk_size: int = 200
+    defence_validation_examples: int = 2000  # validation images the mixtures are chosen on
+    mix_floors: tuple[float, ...] = (0.01, 0.03)  # mixtures at robust mode's validation robust accuracy minus these
+    ensemble_betas: tuple[float, ...] = (0.5,)
+    selector_argv: tuple[str, ...] = (
+        "--objective", "composite", "--selector_layers", "1", "--selector_hidden_size", "64",
+        "--num_train_epochs", "1", "--per_device_train_batch_size", "64", "--learning_rate", "0.003",
+        "--save_strategy", "no", "--eval_strategy", "no", "--max_eval_samples", "1000", "--logging_steps", "50")
+    defence_attack_steps: int | None = None  # override of the gradient attacks' steps (smoke runs)
+    defence_autoattack_attacks: tuple[str, ...] = ("apgd-ce", "apgd-t")  # (d) on auto and mix: AutoAttack's first two
     quick_mode: bool = False
     notes: tuple[str, ...] = field(default=())
 
@@ -90,6 +103,9 @@ class FlagshipPreset:
             raise ValueError("betas must hold 0 and 1, and autoattack_betas must be among them.")
         if min(self.autoattack_examples, self.report_examples, self.chunk_size) < 1:
             raise ValueError("autoattack_examples, report_examples and chunk_size must be positive.")
+        if self.defence_examples > self.report_examples:
+            raise ValueError("defence_examples must be at most report_examples (the fixed soups' report attack is "
+                             "the main evaluation's, on the same images).")
 
     def run(self, name: str) -> FlagshipRun:
         return next(run for run in self.runs if run.name == name)
@@ -122,7 +138,12 @@ class FlagshipPreset:
                      for run in self.runs)
         return dataclasses.replace(self, name=f"{self.name}-quick", runs=runs, betas=(0.0, 0.5, 1.0),
                                    autoattack_attacks=("apgd-ce",), autoattack_examples=8, report_examples=16,
-                                   chunk_size=8, quick_mode=True,
+                                   chunk_size=8, defence_examples=8, defence_chunk_size=4,
+                                   defence_validation_examples=16, defence_attack_steps=2,
+                                   defence_autoattack_attacks=("apgd-ce",),
+                                   selector_argv=self.selector_argv + ("--max_train_samples", "64",
+                                                                       "--max_eval_samples", "16"),
+                                   quick_mode=True,
                                    notes=("Quick mode: a smoke test of the pipeline; the numbers mean nothing.",))
 
 

@@ -171,6 +171,13 @@ def train(spec: Mapping[str, Any], directory: Path) -> dict[str, Any]:
             "final_validation": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}}
 
 
+def run_script(spec: Mapping[str, Any], directory: Path) -> dict[str, Any]:
+    """Run a script of the repository's ``scripts/`` through its ``main(argv)`` (e.g. ``train_selector.py``); return
+    the metrics it returns. spec: ``{"script": path, "argv": [...]}``."""
+    metrics = _script(spec["script"]).main(list(spec["argv"]))
+    return {"metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
+
+
 def evaluate(spec: Mapping[str, Any], directory: Path) -> dict[str, Any]:
     """Clean accuracy in clean mode (beta=1) and robust mode (beta=0) on the first ``clean_samples`` images of a
     split, and robust accuracy in robust mode against the attacks of record (the worst case over them, per image)
