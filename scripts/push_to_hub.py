@@ -11,6 +11,9 @@ Launch::
     python scripts/push_to_hub.py --model_name_or_path runs/digits --results_dir runs/soups \\
         --repo_id your-name/advsoup-vit-digits --output_dir runs/hub --no_push
 
+    # Upload a folder already laid out as the Hub repository (the flagship's, written by scripts/flagship.py):
+    python scripts/push_to_hub.py --folder model_cards/fashion-mnist-flagship --repo_id your-name/advsoup-vit-fmnist
+
     # Render only a card (no model), e.g. the cards of model_cards/ from their spec files:
     python scripts/push_to_hub.py --card_only --card_spec model_cards/imagenet-vit-b16.yaml
 
@@ -66,6 +69,13 @@ class PushArguments:
         default=None, metadata={"help": "Hub repo id (user/name); also the model name of the card."}
     )
     model_name_or_path: str | None = field(default=None, metadata={"help": "The co-trained checkpoint folder."})
+    folder: str | None = field(
+        default=None,
+        metadata={"help": "A folder already laid out as the Hub repository (card, config, weights, processor, results; "
+                  "e.g. model_cards/fashion-mnist-flagship, written by scripts/flagship.py): uploaded as it is, the "
+                  "model's remote code added from the installed package where the folder lacks it. Replaces "
+                  "--model_name_or_path and --results_dir."},
+    )
     results_dir: str | None = field(
         default=None,
         metadata={"help": "Output folder of scripts/evaluate_soups.py (soup_results.json and PNG plots)."},
@@ -202,6 +212,8 @@ def main(argv: list[str] | None = None) -> Path:
         logger.info("Wrote the card %s", args.card_path)
         return Path(args.card_path)
 
+    if args.folder is not None:
+        return push_staged_folder(args)
     if args.model_name_or_path is None or args.repo_id is None:
         raise SystemExit("--model_name_or_path and --repo_id are required (or use --card_only).")
     temporary = args.output_dir is None
@@ -234,6 +246,53 @@ def main(argv: list[str] | None = None) -> Path:
     finally:
         if not keep:  # a temporary folder holds a copy of the model: never leave it behind
             shutil.rmtree(folder, ignore_errors=True)
+
+
+REMOTE_CODE = ("configuration_advsoup.py", "modeling_advsoup.py")
+
+
+def push_staged_folder(args: PushArguments) -> Path:
+    """``--folder``: check the folder (a card, a config, weights), add the remote code where it lacks it (in a
+    temporary copy: the folder itself is not changed), and upload it as it is."""
+    folder = Path(args.folder)
+    if args.repo_id is None:
+        raise SystemExit("--folder needs --repo_id (where to upload it).")
+    if args.model_name_or_path is not None or args.results_dir is not None:
+        raise SystemExit("--folder uploads a staged folder as it is: leave out --model_name_or_path and --results_dir.")
+    missing = [name for name in ("README.md", "config.json", "model.safetensors") if not (folder / name).is_file()]
+    if not folder.is_dir() or missing:
+        raise SystemExit(f"error: {folder} is not a staged model folder (missing: {', '.join(missing) or 'the folder'}).")
+    check_weight_files(str(folder))
+    api = None
+    if not args.no_push:
+        try:
+            api = connect(args.token)
+        except HubPushError as error:
+            raise SystemExit(f"error: {error}") from error
+    staged, temporary = folder, None
+    if not all((folder / name).is_file() for name in REMOTE_CODE):
+        temporary = Path(tempfile.mkdtemp(prefix="advsoup_hub_"))
+        staged = temporary / folder.name
+        shutil.copytree(folder, staged)
+        code = temporary / "code"
+        AutoModelForImageClassification.from_pretrained(str(folder)).save_pretrained(code)  # writes the remote code
+        for name in REMOTE_CODE:
+            shutil.copy2(code / name, staged / name)
+        logger.info("Added the installed package's remote code (%s) to the upload.", ", ".join(REMOTE_CODE))
+    try:
+        if args.no_push:
+            print(folder)
+            return folder
+        try:
+            commit = push_folder(staged, args.repo_id, private=args.private, revision=args.revision,
+                                 commit_message=args.commit_message, api=api)
+        except HubPushError as error:
+            raise SystemExit(f"error: {error}") from error
+        print(getattr(commit, "commit_url", commit))
+        return folder
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
 
 
 def stage(args: PushArguments, spec: dict, folder: Path) -> None:

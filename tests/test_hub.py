@@ -359,3 +359,26 @@ def test_push_of_a_truncated_checkpoint_names_the_file(checkpoint, fake_hub, pus
     with pytest.raises(CorruptCheckpointError, match=r"ckpt/model\.safetensors is truncated or corrupt"):
         push_script.main(["--model_name_or_path", str(checkpoint / "ckpt"), "--repo_id", "someone/x",
                           "--output_dir", str(checkpoint / "stage"), "--no_push"])
+
+
+def test_push_of_a_staged_folder_uploads_it_as_it_is_with_its_remote_code(checkpoint, fake_hub, push_script):
+    """--folder (the flagship's layout): the card and files are uploaded untouched; the remote code a clone lacks
+    (model_cards/ does not commit it) is added to a temporary copy, never to the folder itself."""
+    folder = checkpoint / "flagship"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (folder / name).write_bytes((checkpoint / "ckpt" / name).read_bytes())
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# our own card\n")
+    (folder / "results.json").write_text("{}")
+    push_script.main(["--folder", str(folder), "--repo_id", "someone/flagship", "--token", "hf_fake"])
+    _, kwargs, files, readme = fake_hub.calls[-1]
+    assert readme.endswith("# our own card\n")
+    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "results.json",
+            "modeling_advsoup.py", "configuration_advsoup.py"} <= set(files)
+    assert not (folder / "modeling_advsoup.py").exists()  # the folder itself is unchanged
+    assert not Path(kwargs["folder_path"]).exists()  # the temporary copy is gone
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(SystemExit, match="not a staged model folder .*model.safetensors"):
+        push_script.main(["--folder", str(folder), "--repo_id", "someone/flagship", "--token", "hf_fake"])
+    with pytest.raises(SystemExit, match="needs --repo_id"):
+        push_script.main(["--folder", str(folder)])
