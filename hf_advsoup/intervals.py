@@ -38,6 +38,7 @@ __all__ = [
     "mcnemar_exact_p",
     "pack_flags",
     "paired_difference",
+    "percent_text",
     "points",
     "unpack_flags",
     "wilson_interval",
@@ -52,6 +53,12 @@ resampling at this count (tested)."""
 def points(value: Fraction | float) -> str:
     """A difference in percentage points, signed, one decimal: ``Fraction(-1, 25)`` -> ``"-4.0"``."""
     return f"{100 * float(value):+.1f}"
+
+
+def percent_text(value: float, interval: Sequence[float]) -> str:
+    """``"88.3% [87.7, 88.9]"``: a fraction and its interval, in percent."""
+    low, high = interval
+    return f"{100 * value:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -106,8 +113,7 @@ class Accuracy:
 
     def text(self) -> str:
         """``"88.3% [87.7, 88.9]"``: the accuracy and its 95% interval, in percent."""
-        low, high = self.interval
-        return f"{100 * self.correct / self.total:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+        return percent_text(self.correct / self.total, self.interval)
 
     def to_dict(self) -> dict[str, Any]:
         low, high = self.interval

@@ -236,12 +236,7 @@ def main(argv: list[str] | None = None) -> Path:
             keep = True  # the staged folder is the result
             print(folder)
             return folder
-        try:
-            commit = push_folder(folder, args.repo_id, private=args.private, revision=args.revision,
-                                 commit_message=args.commit_message, api=api)
-        except HubPushError as error:
-            raise SystemExit(f"error: {error}") from error
-        print(getattr(commit, "commit_url", commit))
+        upload(folder, args, api)
         return folder
     finally:
         if not keep:  # a temporary folder holds a copy of the model: never leave it behind
@@ -249,6 +244,16 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 REMOTE_CODE = ("configuration_advsoup.py", "modeling_advsoup.py")
+
+
+def upload(folder: Path, args: PushArguments, api) -> None:
+    """Upload ``folder`` in one commit (``api`` from :func:`~hf_advsoup.hub.connect`); print the commit's URL."""
+    try:
+        commit = push_folder(folder, args.repo_id, private=args.private, revision=args.revision,
+                             commit_message=args.commit_message, api=api)
+    except HubPushError as error:
+        raise SystemExit(f"error: {error}") from error
+    print(getattr(commit, "commit_url", commit))
 
 
 def push_staged_folder(args: PushArguments) -> Path:
@@ -283,12 +288,7 @@ def push_staged_folder(args: PushArguments) -> Path:
         if args.no_push:
             print(folder)
             return folder
-        try:
-            commit = push_folder(staged, args.repo_id, private=args.private, revision=args.revision,
-                                 commit_message=args.commit_message, api=api)
-        except HubPushError as error:
-            raise SystemExit(f"error: {error}") from error
-        print(getattr(commit, "commit_url", commit))
+        upload(staged, args, api)
         return folder
     finally:
         if temporary is not None:

@@ -10,7 +10,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_selection import _Images, cheap_arguments, known_margin_data, known_margin_model
+from test_selection import (
+    cheap_arguments,
+    known_margin_data,
+    known_margin_model,
+    only_the_selector_changed,
+    tiny_selector_trainer,
+)
 from tiny_soup import images, make_soup_model
 
 from hf_advsoup.attacks import Normalization
@@ -18,7 +24,6 @@ from hf_advsoup.selection import (
     AutoEvaluationArguments,
     MixConfig,
     MixedModes,
-    SelectorTrainer,
     SelectorTrainingArguments,
     System,
     choose_mix,
@@ -113,28 +118,17 @@ def test_a_mixture_that_follows_clean_mode_is_broken_end_to_end_and_a_confident_
 
 
 def test_composite_selector_training_attacks_through_the_selector_and_changes_only_it(tmp_path):
-    model = make_soup_model()
-    model.add_selector(1, 16)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    args = SelectorTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=4, learning_rate=1e-2,
-        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, seed=0,
-        train_epsilon="0.1", dataloader_pin_memory=False, objective="composite", composite_robust_weight=2.0,
-    )
-    trainer = SelectorTrainer(model=model, args=args, train_dataset=_Images(32), eval_dataset=_Images(16),
-                              normalization=Normalization((0.5,), (0.5,)))
-    batch = {"pixel_values": _Images(8).pixels, "labels": _Images(8).labels}
+    trainer, before = tiny_selector_trainer(tmp_path, num_train_epochs=4, objective="composite",
+                                            composite_robust_weight=2.0)
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
     loss, parts = trainer.compute_loss(model, batch, return_outputs=True)
     assert loss.requires_grad and set(parts) == {"clean_right", "attacked_right", "clean_beta", "attacked_beta"}
     with torch.no_grad():  # the composite: CE of the clean images + 2 x CE of the attacked ones (recomputed)
         clean_ce = F.cross_entropy(model(batch["pixel_values"], beta="auto").logits, batch["labels"])
     assert float(loss) >= float(clean_ce) - 1e-4
     trainer.train()
-    for name, param in model.named_parameters():
-        if name.startswith("vit.selector."):
-            assert not torch.equal(param, before[name]), name
-        else:
-            assert torch.equal(param, before[name]) and not param.requires_grad, name
+    only_the_selector_changed(model, before)
     metrics = trainer.evaluate()
     assert 0.0 <= metrics["eval_auto_attacked_accuracy"] <= metrics["eval_auto_clean_accuracy"] <= 1.0
     with pytest.raises(ValueError, match="objective"):

@@ -180,26 +180,37 @@ class _Images(Dataset):
         return {"pixel_values": self.pixels[index], "labels": self.labels[index]}
 
 
-def test_selector_training_decreases_the_loss_and_changes_only_the_selector(tmp_path):
+def tiny_selector_trainer(tmp_path, **overrides) -> tuple[SelectorTrainer, dict[str, torch.Tensor]]:
+    """A SelectorTrainer of a tiny soup model with a fresh selector (32 training, 16 evaluation images), and the
+    model's parameters before training."""
     model = make_soup_model()
     model.add_selector(1, 16)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    args = SelectorTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=8, learning_rate=1e-2,
-        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, seed=0,
-        train_epsilon="0.1", dataloader_pin_memory=False,
-    )
+    values = dict(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=8, learning_rate=1e-2,
+                  logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, seed=0,
+                  train_epsilon="0.1", dataloader_pin_memory=False)
+    args = SelectorTrainingArguments(**{**values, **overrides})
     trainer = SelectorTrainer(model=model, args=args, train_dataset=_Images(32), eval_dataset=_Images(16),
                               normalization=Normalization((0.5,), (0.5,)))
-    assert trainer.train_attack.epsilon == 0.1 and trainer.train_attack.steps == 2  # pgd2 at the given radius
-    trainer.train()
-    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    assert len(losses) == 16 and sum(losses[-4:]) < sum(losses[:4])
+    return trainer, before
+
+
+def only_the_selector_changed(model, before) -> None:
     for name, param in model.named_parameters():
         if name.startswith("vit.selector."):
             assert not torch.equal(param, before[name]), name
         else:
             assert torch.equal(param, before[name]) and not param.requires_grad, name
+
+
+def test_selector_training_decreases_the_loss_and_changes_only_the_selector(tmp_path):
+    trainer, before = tiny_selector_trainer(tmp_path)
+    model = trainer.model
+    assert trainer.train_attack.epsilon == 0.1 and trainer.train_attack.steps == 2  # pgd2 at the given radius
+    trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses) == 16 and sum(losses[-4:]) < sum(losses[:4])
+    only_the_selector_changed(model, before)
     metrics = trainer.evaluate()
     assert 0.5 < metrics["eval_detection_accuracy"] <= 1.0
     assert metrics["eval_mean_beta_clean"] > metrics["eval_mean_beta_attacked"]

@@ -18,7 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from ..intervals import Accuracy, decide, images_to_resolve, paired_difference, points, unpack_flags
+from ..intervals import Accuracy, decide, images_to_resolve, paired_difference, percent_text, points, unpack_flags
 from ..study.jobs import format_duration
 from .preset import System
 
@@ -77,7 +77,6 @@ def _concatenated(records: dict[str, dict], prefix: str, chunk_size: int, limit:
 
 def collect(flagship) -> dict[str, Any]:
     """``results.json`` of a finished (or partly evaluated) flagship from its job records."""
-    import numpy as np
 
     from ..attacks import parse_epsilon
 
@@ -321,6 +320,12 @@ PLOTS = {"accuracy_vs_beta.png": "Clean and robust accuracy of the soups against
          "training_curves.png": "Validation accuracy after every epoch of the three trainings"}
 
 
+def _monitored_clean_key(run: str) -> str:
+    """The monitored clean accuracy that means something for a run: the adversarial baseline trains only its
+    adversarial token (robust mode's clean accuracy); the others, clean mode's."""
+    return "eval_robust_mode_clean_accuracy" if run == "adversarial" else "eval_clean_accuracy"
+
+
 def write_plots(results: dict[str, Any], folder: Path) -> list[str]:
     from ..plots import plot_curves_with_intervals, plot_tradeoff_with_intervals, plot_training_curves
 
@@ -365,7 +370,8 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[str]:
     training = {}
     for name, run in results["runs"].items():
         history = run["history"]
-        clean = [(h["epoch"], h["eval_clean_accuracy"]) for h in history if "eval_clean_accuracy" in h]
+        clean_key = _monitored_clean_key(name)
+        clean = [(h["epoch"], h[clean_key]) for h in history if clean_key in h]
         robust = [(h["epoch"], h["eval_robust_accuracy"]) for h in history if "eval_robust_accuracy" in h]
         if clean:
             training[f"{name}: clean"] = clean
@@ -380,10 +386,7 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------- the card
 def _pct(block: dict[str, Any] | None) -> str:
-    if not block:
-        return "—"
-    low, high = block["interval_95"]
-    return f"{100 * block['accuracy']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+    return "—" if not block else percent_text(block["accuracy"], block["interval_95"])
 
 
 def _front_matter(results: dict[str, Any]) -> str:
@@ -490,11 +493,10 @@ def render_card(results: dict[str, Any]) -> str:
         lines.append(f"| {c['statement']} ({s[c['a']]['title']} − {s[c['b']]['title']}, {what}) | {c['source']} | "
                      f"{c['text']} | {c['num_examples']:,} | {c['mcnemar_exact_p']:.2g} | {_verdict_text(c)} |")
     for a in results["ambitions"]:
-        low, high = a["interval_95"]
         short = (f"; short by {a['short_by_points']:.1f} points" if a["verdict"] != "met" and a["short_by_points"] > 0
                  else "")
-        lines.append(f"| {a['statement']} | ambition | {100 * a['accuracy']:.1f}% [{100 * low:.1f}, "
-                     f"{100 * high:.1f}] | {a['num_examples']:,} | — | **{a['verdict']}**{short} |")
+        lines.append(f"| {a['statement']} | ambition | {percent_text(a['accuracy'], a['interval_95'])} | "
+                     f"{a['num_examples']:,} | — | **{a['verdict']}**{short} |")
     lines += _next_step(results)
     lines += ["", "### The soup sweep", "",
               f"Every beta of the sweep: clean accuracy on {p['clean_examples']:,} images, robust accuracy under "
@@ -537,12 +539,11 @@ def _defences_section(results: dict[str, Any]) -> list[str]:
              "| system | forwards | clean | " + " | ".join(labels[k] for k in keys) + " | worst case |",
              "|---|---|---|" + "---|" * len(keys) + "---|"]
     for r in d["results"]:
-        low, high = r["clean_accuracy_interval_95"]
-        wl, wh = r["worst_case_robust_accuracy_interval_95"]
         cells = [f"{100 * r['attack_accuracies'][k]:.1f}%" if k in r["attack_accuracies"] else "—" for k in keys]
-        lines.append(f"| {r['name']} | {r['forwards_per_image']:.2g} | {100 * r['clean_accuracy']:.1f}% "
-                     f"[{100 * low:.1f}, {100 * high:.1f}] | " + " | ".join(cells)
-                     + f" | **{100 * r['worst_case_robust_accuracy']:.1f}%** [{100 * wl:.1f}, {100 * wh:.1f}] |")
+        lines.append(f"| {r['name']} | {r['forwards_per_image']:.2g} | "
+                     f"{percent_text(r['clean_accuracy'], r['clean_accuracy_interval_95'])} | " + " | ".join(cells)
+                     + " | **" + percent_text(r["worst_case_robust_accuracy"],
+                                              r["worst_case_robust_accuracy_interval_95"]) + "** |")
     lines += ["", "Each defence against the fixed-soup curve: the most accurate fixed soup at equal or higher "
               "worst-case robust accuracy, and the paired difference of clean accuracy (95% paired bootstrap "
               "interval). *Above the curve* means at least 2 points more clean accuracy with the interval above 0.",
@@ -609,16 +610,17 @@ def _how_made(results: dict[str, Any]) -> list[str]:
              f"- **Recipe**: `{results['recipe']}` (the co-trained model); the baselines are the same recipe with "
              "`--alpha 1` (nominal) and `--alpha 0` (adversarial, PGD-2) and the epochs that give them the same "
              "wall time (docs/flagship.md).", "",
-             "| run | command-line changes | epochs | wall time | final validation (clean / robust, monitoring) |",
+             "| run | command-line changes | epochs | wall time | final validation (clean / robust, monitoring; the mode "
+             "each run trains) |",
              "|---|---|---|---|---|"]
     for name, run in runs.items():
         argv = run["argv"]
         changes = " ".join(a for a in argv[1:] if not a.startswith(("/", "runs")) and a not in (
             "--output_dir", "--seed", "--disable_tqdm", "true", "--soup_table", "false")) or "—"
         final = run["final_validation"]
-        robust = final.get("eval_robust_accuracy")
+        robust = final.get("eval_robust_accuracy") if name != "nominal" else None
         lines.append(f"| {run['title']} | `{changes}` | {run['recipe'].get('num_train_epochs')} | "
-                     f"{format_duration(run['wall_time_s'])} | {100 * final.get('eval_clean_accuracy', math.nan):.1f}%"
+                     f"{format_duration(run['wall_time_s'])} | {100 * final.get(_monitored_clean_key(name), math.nan):.1f}%"
                      f" / {'—' if robust is None else f'{100 * robust:.1f}%'} |")
     stages = results.get("timings", {}).get("stages", {})
     lines += ["", f"- **Evaluation**: test split; clean on {p['clean_examples']:,} images, `report` on the first "

@@ -20,7 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from ..intervals import points
+from ..intervals import percent_text, points
 from .jobs import format_duration
 
 __all__ = ["PAPER_CLAIMS", "RENDERERS", "render_card", "write_card"]
@@ -62,11 +62,11 @@ def cell(stat: dict[str, Any] | None) -> str:
 
 
 def interval_cell(stat: dict[str, Any] | None) -> str:
-    """``"47.2% [45.0, 49.4]"``: a pooled accuracy and its 95% Wilson interval."""
+    """``"47.2% [45.0, 49.4]"``: a pooled accuracy and its 95% Wilson interval (a dagger per extra seed)."""
     if not stat:
         return "—"
-    low, high = stat["interval_95"]
-    return f"{cell(stat)} [{100 * low:.1f}, {100 * high:.1f}]"
+    text = percent_text(stat["mean"], stat["interval_95"])
+    return text.replace("%", "%" + DAGGER * (len(stat["by_seed"]) - 1), 1)
 
 
 def difference_text(c: dict[str, Any]) -> str:
