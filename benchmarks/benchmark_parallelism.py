@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 COTRAIN = Path(__file__).resolve().parents[1] / "scripts" / "cotrain.py"
