@@ -460,15 +460,16 @@ def choose_geometry(model_args: ModelArguments, train_split, preset) -> tuple[st
     if model_args.model_name_or_path is not None:  # keep_checkpoint_architecture took both from the checkpoint
         size_reason = patch_reason = f"from the checkpoint {model_args.model_name_or_path}"
     else:
+        given = set(model_args.set_on_command_line)
         if model_args.image_size is not None:
-            size_reason = "given"
+            size_reason = "--image_size" if "image_size" in given else "the recipe's"
         elif preset is not None:
             model_args.image_size, size_reason = preset.image_size, f"the {preset.name} preset's"
         else:
             model_args.image_size, size_reason = infer_image_size(train_split)
             inferred = True
         if model_args.patch_size is not None:
-            patch_reason = "given"
+            patch_reason = "--patch_size" if "patch_size" in given else "the recipe's"
         else:
             model_args.patch_size, patch_reason = choose_patch_size(model_args.image_size)
             inferred = True

@@ -348,7 +348,7 @@ def test_a_step_that_would_take_minutes_is_refused_before_training(tmp_path):
     training and refused above --max_step_seconds; far too many tokens are refused without timing."""
     out = tmp_path / "run"
     args = ["--output_dir", str(out), *GEOMETRY_FREE]
-    with pytest.raises(ValueError, match=r"Image size 224 px \(given\), patch 4 px \(given\): 3,136 tokens per "
+    with pytest.raises(ValueError, match=r"Image size 224 px \(--image_size\), patch 4 px \(--patch_size\): 3,136 tokens per "
                        r"image: a training step is estimated at .* more than --max_step_seconds 0\.5\. Nothing was "
                        r"trained\. Give a smaller --image_size or a larger --patch_size"):
         cotrain.main([*args, "--image_size", "224", "--patch_size", "4", "--max_step_seconds", "0.5"])
@@ -367,7 +367,7 @@ def test_the_step_estimate_changes_nothing():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     estimate = estimate_step_seconds(model, 8, images=16, passes=4)
-    assert estimate.seconds > 0 and estimate.probe_batch == 8 and estimate.images == 16
+    assert estimate.seconds > 0 and estimate.probe_batch > 1 and estimate.images == 16
     assert not model.training and all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
