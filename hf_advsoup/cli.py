@@ -27,9 +27,9 @@ from typing import Any, NoReturn
 
 __all__ = [
     "DEBUG_ENV",
+    "USER_ERRORS",
     "Interrupted",
     "OutputLocationError",
-    "USER_ERRORS",
     "check_output_dir",
     "describe_folder",
     "run",
@@ -131,7 +131,7 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, *,
     except SystemExit as exit_:
         if isinstance(exit_.code, str) and not debug:
             message = one_line(exit_.code)
-            _fail(message[len("error: "):] if message.startswith("error: ") else message)
+            _fail(message.removeprefix("error: "))
         raise
     except KeyboardInterrupt as interrupt:
         if debug:

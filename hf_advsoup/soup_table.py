@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .soups import EvalData, SoupEvaluation, SoupEvaluationArguments, evaluate_soups
 
-__all__ = ["SoupTable", "TradeOff", "check_table_attack", "resolve_table_attack", "soup_table", "TABLE_BETAS"]
+__all__ = ["TABLE_BETAS", "SoupTable", "TradeOff", "check_table_attack", "resolve_table_attack", "soup_table"]
 
 TABLE_BETAS = (1.0, 0.5, 0.0)
 """Soup weights of the table: clean mode, the halfway soup, robust mode."""

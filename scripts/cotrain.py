@@ -26,6 +26,12 @@ The saved model (EMA weights, image processor, remote code) loads with
 ``AutoModelForImageClassification.from_pretrained(output_dir, beta=0.5)`` and works in
 ``pipeline("image-classification", model=output_dir)``.
 
+Data that is not a preset gets its image size from its images and a patch size from the image size
+(:func:`choose_geometry`, :mod:`hf_advsoup.geometry`); the first log line says what runs, with the reasons. On a CPU,
+a step estimated above ``--max_step_seconds`` is refused before training. A user error ends with one line ``error:
+...`` (exit code 2), a Ctrl-C during training with how to resume (:mod:`hf_advsoup.cli`); the run ends with the soup
+table, the ``evaluate_soups.py`` command that recomputes it, and the validation split's numbers, named as such.
+
 ``--output_dir`` is required. A folder that is not empty is refused unless ``--resume_from_checkpoint`` continues
 the run in it (a checkpoint folder, or ``latest``) or ``--overwrite_output_dir`` replaces it; nothing is written
 there (``run_args.json`` included) until training has started. With ``--model_name_or_path`` set to a model of

@@ -26,7 +26,6 @@ from transformers import HfArgumentParser
 from hf_advsoup.cli import check_output_dir, run
 from hf_advsoup.flagship import FlagshipArguments, run_flagship
 
-
 INTERRUPT_HINT = ("run the same command again to continue: finished jobs are reused, an interrupted training "
                   "resumes from its last checkpoint.")
 

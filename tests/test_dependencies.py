@@ -3,8 +3,9 @@ download for nothing (``evaluate`` was one: the accuracies are computed in the p
 its metrics from the Hub, which fails offline)."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPORT_NAMES = {"pillow": "PIL", "scikit-learn": "sklearn", "pyyaml": "yaml"}
