@@ -18,6 +18,7 @@ This file is copied next to the weights by ``save_pretrained`` (remote code): it
 from __future__ import annotations
 
 import math
+import warnings
 
 from transformers import ViTConfig
 
@@ -31,6 +32,11 @@ robust mode; attacks differentiate it straight through the sigmoid, BPDA)."""
 
 AUTO_BETA = "auto"
 """The ``beta`` that asks the model's selector for one soup per image."""
+
+BETA_WARNING_MARGIN = 0.5
+"""A soup weight more than this outside [0, 1] gets a warning (it is allowed: any finite value extrapolates). The
+paper extrapolates to 1.05 and -0.05, appendix D's landscape to 1.25; beyond 1.5 or below -0.5 nothing was
+measured and predictions change (e.g. beta=2 flips test images)."""
 
 POOLING_TYPES = ("mean", "cls")
 """``"mean"``: mean of the final tokens except the classification token (MAE head, the paper's choice);
@@ -47,7 +53,8 @@ def validate_beta(beta) -> float:
     """Check that a scalar soup weight is a finite number and return it as a float.
 
     Any finite value is allowed: ``beta=1`` is clean mode, ``beta=0`` robust mode, and values outside ``[0, 1]``
-    extrapolate (the paper reports gains at 1.05 and -0.05). ``"auto"`` is not a number: it is accepted only where a
+    extrapolate (the paper reports gains at 1.05 and -0.05); one more than :data:`BETA_WARNING_MARGIN` outside
+    ``[0, 1]`` (e.g. ``beta=2``) gets a ``UserWarning`` naming it. ``"auto"`` is not a number: it is accepted only where a
     model chooses the soup per image (:func:`validate_config_beta`, the model's ``forward``).
     """
     if isinstance(beta, str) and beta.strip().lower() == AUTO_BETA:
@@ -65,6 +72,13 @@ def validate_beta(beta) -> float:
         raise ValueError(
             f"beta must be finite, got {beta}. Use beta=1 for clean mode, beta=0 for robust mode, or any finite "
             "value in between (or slightly outside [0, 1] to extrapolate)."
+        )
+    if not -BETA_WARNING_MARGIN <= beta <= 1 + BETA_WARNING_MARGIN:
+        warnings.warn(
+            f"beta={beta:g} is far outside [0, 1] (1 = clean mode, 0 = robust mode): the adapters are extrapolated "
+            f"{beta - 1 if beta > 1 else -beta:g} beyond a mode, where nothing was measured (the paper uses 1.05 and "
+            "-0.05; appendix D's landscape goes to 1.25). It is allowed; check the predictions.",
+            UserWarning, stacklevel=2,
         )
     return beta
 
@@ -102,7 +116,8 @@ class AdvSoupViTConfig(ViTConfig):
             (fully shared co-training: a single copy, `beta` has no effect).
         beta (`float`, defaults to `1.0`):
             Soup weight used when `forward` gets no `beta`: the adapters are `beta * clean + (1 - beta) *
-            adversarial`. `1.0` is clean mode, `0.0` robust mode; any finite value is allowed.
+            adversarial`. `1.0` is clean mode, `0.0` robust mode; any finite value is allowed (more than 0.5 outside
+            `[0, 1]` it warns).
         pooling (`str`, defaults to `"mean"`):
             `"mean"` (MAE-style head: mean of the final tokens except the classification token, the paper's
             choice) or `"cls"` (vanilla ViT: the final classification token).

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .soups import EvalData, SoupEvaluation, SoupEvaluationArguments, evaluate_soups
 
-__all__ = ["SoupTable", "TradeOff", "resolve_table_attack", "soup_table", "TABLE_BETAS"]
+__all__ = ["TABLE_BETAS", "SoupTable", "TradeOff", "check_table_attack", "resolve_table_attack", "soup_table"]
 
 TABLE_BETAS = (1.0, 0.5, 0.0)
 """Soup weights of the table: clean mode, the halfway soup, robust mode."""
@@ -106,6 +106,28 @@ def resolve_table_attack(attack: str) -> tuple[str, list[str]]:
         return attack, []
     raise ValueError(f"Unknown soup-table attack {attack!r}: an AutoAttack attack ({', '.join(AUTOATTACK_ATTACKS)}; "
                      f"several joined by '+') or a preset ({', '.join(PRESETS)}).")
+
+
+def check_table_attack(attack: str) -> tuple[str, list[str]]:
+    """:func:`resolve_table_attack`, and check that the packages the attack needs are installed (AutoAttack's
+    attacks need ``pyautoattack``), so that a run that ends with the table fails before it trains, not after.
+
+    Raises:
+        ValueError: an unknown attack name.
+        ImportError: ``pyautoattack`` is missing for an AutoAttack attack (the message says how to install it and
+            which attacks need nothing more).
+    """
+    preset, subset = resolve_table_attack(attack)
+    if preset == "autoattack":
+        try:
+            import pyautoattack  # noqa: F401
+        except ImportError as error:
+            raise ImportError(
+                f"The soup table's attack {attack!r} runs through pyautoattack, which is not installed: "
+                "pip install --no-deps pyautoattack==0.2.0 (the README's set-up line), or choose an attack of this "
+                "library with --soup_table_attack report (or pgd40), or --soup_table false. Nothing was trained."
+            ) from error
+    return preset, subset
 
 
 def soup_table(

@@ -398,6 +398,8 @@ def _describe_attacks(records: Sequence[SoupRecord]) -> list[str]:
             names = families.setdefault(describe_threat_model(r.threat_model), [])
             if _FAMILY_TITLES[r.family] not in names:
                 names.append(_FAMILY_TITLES[r.family])
+    if not families:  # no robust number (--attack none): no heading
+        return []
     if len(families) == 1:
         return ["", f"Robust accuracy: {next(iter(families))}."]
     return ["", "Robust accuracy:"] + [f"- {', '.join(names)}: {text}." for text, names in families.items()]

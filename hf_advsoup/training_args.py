@@ -314,9 +314,10 @@ class CoTrainingArguments(TrainingArguments):
                 f"catastrophic_overfitting_drop must be in (0, 1), got {self.catastrophic_overfitting_drop}."
             )
         if self.soup_table:
-            from .soup_table import resolve_table_attack
+            from .soup_table import check_table_attack
 
-            resolve_table_attack(self.soup_table_attack)  # a typo fails now, not after training
+            # A typo, or an attack whose optional package is missing, fails now, not after training.
+            check_table_attack(self.soup_table_attack)
         if self.soup_table_robust_samples < 1:
             raise ValueError(f"soup_table_robust_samples must be >= 1, got {self.soup_table_robust_samples}.")
         if self.robust_eval_samples < 0:

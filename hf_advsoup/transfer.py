@@ -377,14 +377,24 @@ def apply_strategy(model: AdvSoupViTForImageClassification, strategy: str, args:
             modules_to_save=["classifier"],
         )
         # get_peft_model freezes the base model and marks the LoRA matrices and the classifier copy trainable.
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
+        _log_trainable(model, strategy, f" (LoRA rank {args.lora_r} on {', '.join(args.lora_target_modules)}, and "
+                       "the classifier)")
+        return model
     trainable = set(trainable_parameter_names(model, strategy))
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in trainable)
+    _log_trainable(model, strategy)
+    return model
+
+
+def _log_trainable(model: nn.Module, strategy: str, what: str = "") -> None:
+    """Log ``Strategy 'head' trains N of M parameters (x%)``: the same line for every strategy, LoRA included (its
+    total counts the frozen base weights, the LoRA matrices and peft's copy of the classifier)."""
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
-    logger.info("Strategy %r trains %d of %d parameters (%.3f%%).", strategy, n_train, n_all, 100 * n_train / n_all)
-    return model
+    logger.info("Strategy %r trains %d of %d parameters (%.3f%%)%s.", strategy, n_train, n_all, 100 * n_train / n_all,
+                what)
 
 
 def prepare_transfer_model(

@@ -26,6 +26,12 @@ The saved model (EMA weights, image processor, remote code) loads with
 ``AutoModelForImageClassification.from_pretrained(output_dir, beta=0.5)`` and works in
 ``pipeline("image-classification", model=output_dir)``.
 
+Data that is not a preset gets its image size from its images and a patch size from the image size
+(:func:`choose_geometry`, :mod:`hf_advsoup.geometry`); the first log line says what runs, with the reasons. On a CPU,
+a step estimated above ``--max_step_seconds`` is refused before training. A user error ends with one line ``error:
+...`` (exit code 2), a Ctrl-C during training with how to resume (:mod:`hf_advsoup.cli`); the run ends with the soup
+table, the ``evaluate_soups.py`` command that recomputes it, and the validation split's numbers, named as such.
+
 ``--output_dir`` is required. A folder that is not empty is refused unless ``--resume_from_checkpoint`` continues
 the run in it (a checkpoint folder, or ``latest``) or ``--overwrite_output_dir`` replaces it; nothing is written
 there (``run_args.json`` included) until training has started. With ``--model_name_or_path`` set to a model of
@@ -57,6 +63,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
 from hf_advsoup.augmentation import AugmentationArguments, BatchAugmenter
+from hf_advsoup.cli import Interrupted, run
+from hf_advsoup.cli import check_output_dir as check_output_location
 from hf_advsoup.configuration_advsoup import ADAPTER_TYPES, POOLING_TYPES
 from hf_advsoup.data import (
     DataArguments,
@@ -65,6 +73,7 @@ from hf_advsoup.data import (
     load_image_dataset,
     set_image_transforms,
 )
+from hf_advsoup.hub_access import check_model_source
 from hf_advsoup.trainer import CoTrainer, check_weight_files, resolve_checkpoint
 from hf_advsoup.training_args import CoTrainingArguments
 
@@ -101,9 +110,15 @@ class ModelArguments:
         metadata={"help": f"Head input: {' or '.join(POOLING_TYPES)} (mean of patch tokens = MAE head, the paper's)."},
     )
     image_size: int | None = field(
-        default=None, metadata={"help": "Input size in pixels (square). Default: the data set preset's (digits: 16)."}
+        default=None,
+        metadata={"help": "Input size in pixels (square). Default: the data set preset's (digits: 16); for other data, "
+                  "the most common size of its training images, between 16 and 224 px (hf_advsoup.geometry)."},
     )
-    patch_size: int = field(default=4, metadata={"help": "Patch size in pixels. Paper: 16 (ImageNet), 4 (32x32)."})
+    patch_size: int | None = field(
+        default=None,
+        metadata={"help": "Patch size in pixels. Paper: 16 (ImageNet), 4 (32x32). Default: the largest of 4, 8, 16 "
+                  "that leaves at least 8 patches per side (4 up to 63 px, 16 from 128 px; hf_advsoup.geometry)."},
+    )
     patch_stride: int | None = field(
         default=None,
         metadata={"help": "Patch stride in pixels; None = patch_size. Paper: 2 with patch 4 on 32x32 images."},
@@ -118,6 +133,12 @@ class ModelArguments:
     )
     image_mean: float = field(default=0.5, metadata={"help": "Normalization mean (all channels), fresh models only."})
     image_std: float = field(default=0.5, metadata={"help": "Normalization std (all channels), fresh models only."})
+    max_step_seconds: float = field(
+        default=60.0,
+        metadata={"help": "On a CPU, refuse before training a model and input geometry whose training step is "
+                  "estimated (by timing one forward and backward here) to take longer than this, in seconds: a "
+                  "224-px image cut into 4-px patches makes 3,136 tokens and minutes per step. 0 turns the check off."},
+    )
     set_on_command_line: tuple[str, ...] = field(
         default=(),
         init=False,
@@ -186,6 +207,7 @@ FASHION_MNIST_DEFAULTS: dict[str, Any] = {
     "train_epsilon": "0.1",
     "eval_epsilon": "0.1",
     "robust_eval_samples": 200,
+    "patch_size": 4,  # (the default rule gives 4 at 16 px too; fixed here as in the recipe)
     "soup_table_attack": "apgd-ce",
     "soup_table_robust_samples": 500,
     "num_train_epochs": 3,
@@ -240,9 +262,7 @@ def parse_arguments(argv: list[str] | None = None):
                              "valid ones.")
         defaults = recipe
     else:
-        why, defaults = embedded_defaults(argv)
-        if "-h" not in argv and "--help" not in argv:
-            logger.warning("No recipe file: running %s.", why)
+        _, defaults = embedded_defaults(argv)
     parser.set_defaults(**defaults)
     if defaults.get("output_dir") is None:
         # TrainingArguments would quietly write into ./trainer_output.
@@ -368,34 +388,28 @@ def build_model(model_args: ModelArguments, num_labels: int, image_size: int, id
 
 
 def check_output_dir(training_args: CoTrainingArguments, resuming: bool) -> list[str]:
-    """Refuse an ``--output_dir`` that is not empty (hidden files aside), unless the run resumes or
+    """Refuse an ``--output_dir`` that cannot be written (:func:`hf_advsoup.cli.check_output_dir`: a file, below a
+    file, not writable) or that is not empty (hidden files aside), unless the run resumes or
     ``--overwrite_output_dir`` is set; return the previous run's ``checkpoint-N`` folders that an overwrite must
     delete once training has started (left in place, checkpoint rotation and ``--resume_from_checkpoint latest``
     would mix them with the new run's).
 
     Raises:
-        FileExistsError: naming the folder, what it holds, and the flags that allow it.
+        OutputLocationError: a ``FileExistsError`` naming the folder, what it holds, and the flags that allow it.
     """
     folder = training_args.output_dir
-    entries = sorted(name for name in os.listdir(folder) if not name.startswith(".")) if os.path.isdir(folder) else []
+    entries = check_output_location(
+        folder, must_be_empty=not (resuming or training_args.overwrite_output_dir),
+        ways_out=("--overwrite_output_dir to replace it with a new run",
+                  "--resume_from_checkpoint latest (or a checkpoint folder) to continue the run in it"),
+    )
     if not entries or resuming:
         return []
     checkpoints = [os.path.join(folder, name) for name in entries
                    if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name) and os.path.isdir(os.path.join(folder, name))]
-    if training_args.overwrite_output_dir:
-        logger.warning("--overwrite_output_dir: %s holds %d entries; the new run replaces them and deletes %d "
-                       "checkpoint folder(s) once training starts.", folder, len(entries), len(checkpoints))
-        return checkpoints
-    run_files = [name for name in ("run_args.json", "config.json", "model.safetensors", "trainer_state.json")
-                 if name in entries] + [os.path.basename(path) for path in checkpoints]
-    shown = run_files or entries
-    what = (f"{'another run' if run_files else 'other files'}: {', '.join(shown[:8])}"
-            f"{', ...' if len(shown) > 8 else ''} ({len(entries)} entries in all)")
-    raise FileExistsError(
-        f"--output_dir {folder} is not empty: it holds {what}. "
-        "Nothing was changed. Pass --overwrite_output_dir to replace it with a new run, --resume_from_checkpoint "
-        "latest (or a checkpoint folder) to continue the run in it, or choose another --output_dir."
-    )
+    logger.warning("--overwrite_output_dir: %s holds %d entries; the new run replaces them and deletes %d "
+                   "checkpoint folder(s) once training starts.", folder, len(entries), len(checkpoints))
+    return checkpoints
 
 
 class RunStartCallback(TrainerCallback):
@@ -430,16 +444,115 @@ def save_run_arguments(output_dir: str, *groups) -> str:
     return path
 
 
+def settings_source(argv: list[str]) -> str | None:
+    """Where the run's defaults come from when no recipe file is given (:func:`embedded_defaults`' reason), else
+    ``None``."""
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        return None
+    return embedded_defaults(argv)[0]
+
+
+def choose_geometry(model_args: ModelArguments, train_split, preset) -> tuple[str, bool]:
+    """Set ``model_args.image_size`` and ``patch_size`` to what will be trained (in place; recorded in run_args.json)
+    and return ``(description with the reasons, whether any of it was inferred from the data)``.
+
+    Given values (command line or recipe) and a checkpoint's are kept; a preset gives its image size; other data gives
+    the most common size of its images (:func:`hf_advsoup.geometry.infer_image_size`); the patch size follows the
+    image size (:func:`hf_advsoup.geometry.choose_patch_size`).
+    """
+    from hf_advsoup.geometry import choose_patch_size, infer_image_size, num_tokens
+
+    inferred = False
+    if model_args.model_name_or_path is not None:  # keep_checkpoint_architecture took both from the checkpoint
+        size_reason = patch_reason = f"from the checkpoint {model_args.model_name_or_path}"
+    else:
+        given = set(model_args.set_on_command_line)
+        if model_args.image_size is not None:
+            size_reason = "--image_size" if "image_size" in given else "the recipe's"
+        elif preset is not None:
+            model_args.image_size, size_reason = preset.image_size, f"the {preset.name} preset's"
+        else:
+            model_args.image_size, size_reason = infer_image_size(train_split)
+            inferred = True
+        if model_args.patch_size is not None:
+            patch_reason = "--patch_size" if "patch_size" in given else "the recipe's"
+        else:
+            model_args.patch_size, patch_reason = choose_patch_size(model_args.image_size)
+            inferred = True
+    size, patch, stride = model_args.image_size, model_args.patch_size, model_args.patch_stride
+    tokens = num_tokens(size, patch, stride)
+    text = (f"image size {size} px ({size_reason}), patch {patch} px"
+            + (f" with stride {stride}" if stride and stride != patch else "")
+            + f" ({patch_reason}): {tokens:,} tokens per image")
+    return text, inferred
+
+
+def passes_per_step(training_args: CoTrainingArguments) -> float:
+    """Forward-and-backward passes of one per-device batch in one optimizer step: the attack's steps on the batch and
+    the training pass on clean + adversarial images (2 batches); nominal training (alpha=1): 1; free co-training: 2
+    (one replay: [clean, clean + delta]). Times gradient accumulation."""
+    if training_args.alpha >= 1.0:
+        passes = 1.0
+    elif training_args.free_training:
+        passes = 2.0
+    else:
+        passes = training_args.train_attack_config().steps + 2.0
+    return passes * training_args.gradient_accumulation_steps
+
+
+def check_step_cost(model, model_args: ModelArguments, training_args: CoTrainingArguments, geometry: str):
+    """On a CPU, time one forward and backward of ``model`` and refuse (``ValueError``) a training step estimated
+    above ``--max_step_seconds``, before anything is trained; return the :class:`~hf_advsoup.geometry.StepEstimate`
+    (``None`` when not measured: another device, or the check turned off)."""
+    from hf_advsoup.geometry import estimate_step_seconds, num_tokens
+
+    limit = model_args.max_step_seconds
+    if limit <= 0 or training_args.device.type != "cpu":
+        return None
+    tokens = num_tokens(model_args.image_size, model_args.patch_size, model_args.patch_stride)
+    fix = ("Nothing was trained. Give a smaller --image_size or a larger --patch_size (or --patch_stride), or raise "
+           "--max_step_seconds (0 turns this check off).")
+    if tokens > 16384:  # even timing one image would take long
+        raise ValueError(f"The model would read {tokens:,} tokens per image ({geometry}): far too many for a CPU. "
+                         + fix)
+    estimate = estimate_step_seconds(model, model_args.image_size, images=training_args.per_device_train_batch_size,
+                                     passes=passes_per_step(training_args), limit=limit)
+    if estimate.seconds > limit:
+        raise ValueError(f"{geometry[0].upper()}{geometry[1:]}: {estimate.describe()}, more than --max_step_seconds "
+                         f"{limit:g}. " + fix)
+    return estimate
+
+
+def resume_hint(output_dir: str) -> str:
+    """What to do after an interrupted training: resume from the latest checkpoint, or start again."""
+    try:
+        checkpoint = resolve_checkpoint("latest", output_dir)
+    except (FileNotFoundError, OSError):
+        checkpoint = None
+    if checkpoint is not None:
+        return (f"training stopped; its latest checkpoint is {checkpoint}. To continue the run, give the same command "
+                f"with --resume_from_checkpoint latest (and the same --output_dir {output_dir}).")
+    if os.path.isdir(output_dir) and any(not name.startswith(".") for name in os.listdir(output_dir)):
+        return (f"training stopped before its first checkpoint, so there is nothing to resume: give the same command "
+                f"with --overwrite_output_dir to start again in {output_dir} (checkpoints: --save_strategy, "
+                "--save_steps).")
+    return "training stopped before anything was written: give the same command again."
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run co-training; return the final evaluation metrics (EMA weights)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     model_args, data_args, aug_args, training_args = parse_arguments(argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
     )
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    # Fail before loading anything: a bad checkpoint value, an occupied output folder.
+    # Fail before loading anything: an output folder that cannot be written, a bad checkpoint value, an occupied
+    # output folder, a model that is not there.
+    check_output_location(training_args.output_dir)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     stale_checkpoints = check_output_dir(training_args, resuming=checkpoint is not None)
+    check_model_source(model_args.model_name_or_path)
     if checkpoint is not None:
         logger.warning("Resuming from %s (step %s of the interrupted run).", checkpoint, checkpoint.rsplit("-", 1)[-1])
     keep_checkpoint_architecture(model_args)
@@ -449,10 +562,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     labels = dataset["train"].features["label"]
     id2label = {i: name for i, name in enumerate(labels.names)}
     preset = find_preset(data_args.dataset_name)  # a preset name or a preset's Hub id
-    # Recorded in run_args.json as the size actually trained (a checkpoint fixed it already).
-    model_args.image_size = model_args.image_size or (preset.image_size if preset is not None else 224)
+    geometry, inferred = choose_geometry(model_args, dataset["train"], preset)
     processor = build_image_processor(model_args, model_args.image_size)
     model = build_model(model_args, labels.num_classes, model_args.image_size, id2label)
+    estimate = check_step_cost(model, model_args, training_args, geometry)
+    chosen = geometry + (f"; {estimate.describe()}" if estimate is not None else "")
+    source = settings_source(argv)
+    if source is not None:  # the first line of a run without a recipe says what it runs
+        logger.warning("No recipe file: running %s on %s; %s.", source, data_args.dataset_name, chosen)
+    else:
+        logger.log(logging.WARNING if inferred else logging.INFO, "Geometry: %s.", chosen)
     set_image_transforms(dataset, processor, data_args)
 
     augmenter = None
@@ -474,7 +593,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         batch_augmenter=augmenter,
         callbacks=[RunStartCallback((model_args, data_args, aug_args, training_args), stale_checkpoints)],
     )
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    except KeyboardInterrupt as interrupt:
+        raise Interrupted(resume_hint(training_args.output_dir)) from interrupt
     trainer.save_model()  # EMA weights + image processor + remote code
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -495,14 +617,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                        "with scripts/evaluate_soups.py --betas 1 0.5 0.")
     elif training_args.soup_table and trainer.is_world_process_zero():
         split = "test" if "test" in dataset else "validation"
-        table = print_soup_table(trainer, dataset[split], split, training_args)
+        command, why_not = soup_table_command(data_args, training_args, split, getattr(dataset, "report", None))
+        table = print_soup_table(trainer, dataset[split], split, training_args, command, why_not)
     if trainer.is_world_process_zero():
-        print(
-            f"Saved to {training_args.output_dir}: clean accuracy (clean mode) "
-            f"{metrics.get('eval_clean_accuracy', float('nan')):.4f}, robust accuracy (robust mode, "
-            f"{trainer.eval_attack.label if trainer.eval_attack else 'no attack'}) "
-            f"{metrics.get('eval_robust_accuracy', float('nan')):.4f}"
-        )
+        print(final_line(training_args.output_dir, metrics, len(dataset["validation"]), trainer.eval_attack,
+                         table.dataset if table is not None else None))
     if table is not None:
         metrics.update({f"soup_table_{kind}_beta{beta:g}": value
                         for kind, curve in (("clean", table.clean), ("robust", table.robust))
@@ -510,9 +629,70 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return metrics
 
 
-def print_soup_table(trainer: CoTrainer, data, split: str, training_args: CoTrainingArguments):
+def final_line(output_dir: str, metrics: dict, num_validation: int, eval_attack, table_split: str | None) -> str:
+    """The run's last line: where the model is, and the final evaluation with its split named (the validation split,
+    which monitored training; the soup table above it may be on the test split)."""
+    text = (f"Saved to {output_dir}. Validation split ({num_validation:,} images): clean accuracy (clean mode) "
+            f"{metrics.get('eval_clean_accuracy', float('nan')):.4f}")
+    if eval_attack is not None and "eval_robust_accuracy" in metrics:
+        samples = metrics.get("eval_robust_eval_samples")
+        text += (f", robust accuracy (robust mode, {eval_attack.label}) {metrics['eval_robust_accuracy']:.4f}"
+                 + (f" on its first {int(samples):,}" if samples else ""))
+    text += "."
+    if table_split is not None and table_split != "validation":
+        text += f" The soup table above is on the {table_split} split."
+    return text
+
+
+def soup_table_command(data_args: DataArguments, training_args: CoTrainingArguments, split: str,
+                       report=None) -> tuple[str | None, str]:
+    """``(command, "")``: the ``scripts/evaluate_soups.py`` command that recomputes the soup table from the saved
+    model with the same images, batch size, seed, attack and thread count (so the same numbers: the attacks' random
+    starts are drawn batch by batch, and float sums depend on the thread count); or ``(None, why not)`` when the
+    table's images cannot be selected by that script (data options it does not have, a split carved out of a local
+    data set's training images)."""
+    import shlex
+
+    import torch
+
+    from hf_advsoup.soup_table import resolve_table_attack
+
+    options = {"--dataset_config_name": data_args.dataset_config_name, "--train_split": data_args.train_split,
+               "--eval_split": data_args.eval_split, "--test_split": data_args.test_split,
+               "--image_column": data_args.image_column, "--label_column": data_args.label_column,
+               "--validation_fraction": data_args.validation_fraction}
+    unsupported = [flag for flag, value in options.items() if value is not None]
+    if data_args.split_seed != 0:
+        unsupported.append("--split_seed")
+    if unsupported:
+        return None, f"the run used {', '.join(unsupported)}, which scripts/evaluate_soups.py does not have"
+    source_split = (report.splits.get(split, split) if report is not None else split)
+    if find_preset(data_args.dataset_name) is None and source_split != split:
+        return None, (f"the {split} split is {source_split} of {data_args.dataset_name}, which scripts/evaluate_soups.py "
+                      "cannot select")
+    preset, subset = resolve_table_attack(training_args.soup_table_attack)
+    output_dir = training_args.output_dir
+    words = [f"OMP_NUM_THREADS={torch.get_num_threads()}", "python", "scripts/evaluate_soups.py",
+             "--model_name_or_path", output_dir, "--datasets", f"{data_args.dataset_name}:{split}",
+             "--betas", "1", "0.5", "0", "--ensembles", "false", "--attack", preset]
+    if subset:
+        words += ["--autoattack_attacks", *subset]
+    words += ["--epsilon", repr(training_args.soup_table_epsilon()),
+              "--max_robust_examples", str(training_args.soup_table_robust_samples),
+              "--batch_size", str(training_args.per_device_eval_batch_size), "--seed", "0"]
+    if data_args.max_eval_samples is not None:
+        words += ["--max_eval_samples_per_dataset", str(data_args.max_eval_samples)]
+    if data_args.verify_images:
+        words += ["--verify_images", "true"]
+    words += ["--plots", "false", "--output_dir", os.path.join(output_dir, "soups")]
+    return " ".join(shlex.quote(word) if i > 0 else word for i, word in enumerate(words)), ""
+
+
+def print_soup_table(trainer: CoTrainer, data, split: str, training_args: CoTrainingArguments,
+                     command: str | None = None, why_not: str = ""):
     """Evaluate the saved model's soups at beta 1, 0.5, 0 (:mod:`hf_advsoup.soup_table`), print the table and write
-    it to ``soup_table.md`` in the output folder."""
+    it to ``soup_table.md`` in the output folder, with ``command``: how to recompute it from the saved model, or
+    ``why_not`` (:func:`soup_table_command`)."""
     from torch.utils.data import DataLoader
 
     from hf_advsoup.attacks import Normalization
@@ -533,6 +713,10 @@ def print_soup_table(trainer: CoTrainer, data, split: str, training_args: CoTrai
         )
         model.train(was_training)
     text = table.to_text()
+    if command is not None:
+        text += f"\n\nThe same table from the saved model (same images, batch, seed and threads): {command}"
+    elif why_not:
+        text += f"\n\nNo scripts/evaluate_soups.py command recomputes this table exactly: {why_not}."
     print("\n" + text + "\n")
     with open(os.path.join(training_args.output_dir, "soup_table.md"), "w", encoding="utf-8") as handle:
         handle.write(text + "\n")
@@ -540,4 +724,4 @@ def print_soup_table(trainer: CoTrainer, data, split: str, training_args: CoTrai
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -63,6 +63,7 @@ from transformers import (
 )
 
 from hf_advsoup import AdvSoupViTForImageClassification
+from hf_advsoup.cli import check_output_dir, run
 from hf_advsoup.data import (
     DATASET_PRESETS,
     build_transforms,
@@ -70,6 +71,7 @@ from hf_advsoup.data import (
     load_eval_split,
 )
 from hf_advsoup.data.labels import match_class_names
+from hf_advsoup.hub_access import check_model_source
 from hf_advsoup.selection import AutoEvaluationArguments, evaluate_auto_soup
 from hf_advsoup.soups import (
     SoupEvaluation,
@@ -178,11 +180,33 @@ def load_eval_data(spec: str, processor, batch_size: int, id2label: dict[int, st
     return name, loader, info, class_indices
 
 
+def check_arguments(args: EvaluateSoupsArguments, soup_args: SoupEvaluationArguments | None = None) -> None:
+    """Everything that can be checked before a model or an image is loaded: the output folder (not a file, writable),
+    the models (a folder with config.json, or a Hub id that is reachable or cached), the Table 9 pair, the data set
+    specs and their names. A mistake costs seconds, not a finished evaluation."""
+    check_output_dir(args.output_dir)
+    check_model_source(args.model_name_or_path)
+    if (args.independent_nominal_model is None) != (args.independent_adversarial_model is None):
+        raise SystemExit("The Table 9 baseline needs both --independent_nominal_model and "
+                         "--independent_adversarial_model.")
+    check_model_source(args.independent_nominal_model, flag="--independent_nominal_model")
+    check_model_source(args.independent_adversarial_model, flag="--independent_adversarial_model")
+    names = [parse_dataset_spec(spec)[0] for spec in args.datasets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise SystemExit(f"Data set name {repeated[0]!r} is used twice; name them with NAME=SOURCE.")
+    robust = list(soup_args.robust_datasets or []) if soup_args is not None else []
+    unknown = [name for name in robust if name not in names and name.lower() != "all"]
+    if unknown:
+        raise ValueError(f"--robust_datasets {unknown} are not among the data sets: {', '.join(names)}.")
+
+
 def main(argv: list[str] | None = None) -> SoupEvaluation:
     parser = HfArgumentParser((EvaluateSoupsArguments, SoupEvaluationArguments, AutoEvaluationArguments))
     script_args, soup_args, auto_args = parser.parse_args_into_dataclasses(
         args=list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_arguments(script_args, soup_args)
     torch.manual_seed(soup_args.seed)
     device = torch.device(script_args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -199,17 +223,12 @@ def main(argv: list[str] | None = None) -> SoupEvaluation:
     for spec in script_args.datasets:
         name, loader, info, indices = load_eval_data(spec, processor, soup_args.batch_size, model.config.id2label,
                                                      script_args)
-        if name in datasets:
-            raise SystemExit(f"Data set name {name!r} is used twice; name them with NAME=SOURCE.")
         datasets[name] = loader
         infos.append(info)
         if indices is not None:
             class_indices[name] = indices
 
     independent = None
-    if (script_args.independent_nominal_model is None) != (script_args.independent_adversarial_model is None):
-        raise SystemExit("The Table 9 baseline needs both --independent_nominal_model and "
-                         "--independent_adversarial_model.")
     if script_args.independent_nominal_model is not None:
         independent = tuple(
             AutoModelForImageClassification.from_pretrained(path).to(device).eval()
@@ -262,4 +281,4 @@ def main(argv: list[str] | None = None) -> SoupEvaluation:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -40,6 +40,7 @@ from transformers import (
     HfArgumentParser,
 )
 
+from hf_advsoup.cli import check_output_dir, check_output_file, run
 from hf_advsoup.hub import (
     PAPER_REFERENCES,
     CardInputs,
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.card_only:
         if args.card_path is None:
             raise SystemExit("--card_only needs --card_path (or card_path in --card_spec).")
+        check_output_file(args.card_path, flag="--card_path")
         card, _, _ = build_card(args, spec, plot_base=Path(args.card_path).resolve().parent)
         Path(args.card_path).parent.mkdir(parents=True, exist_ok=True)
         card.save(args.card_path)
@@ -217,9 +219,13 @@ def main(argv: list[str] | None = None) -> Path:
     if args.model_name_or_path is None or args.repo_id is None:
         raise SystemExit("--model_name_or_path and --repo_id are required (or use --card_only).")
     temporary = args.output_dir is None
-    if not temporary and Path(args.output_dir).exists() and any(Path(args.output_dir).iterdir()):
-        raise SystemExit(f"--output_dir {args.output_dir} is not empty: the whole folder is uploaded, so give a new "
-                         "or empty one.")
+    if not temporary:  # the whole folder is uploaded: it must be new or empty
+        check_output_dir(args.output_dir, must_be_empty=True)
+    if not Path(args.model_name_or_path).is_dir():
+        raise FileNotFoundError(f"--model_name_or_path {args.model_name_or_path}: no such folder (the co-trained "
+                                "checkpoint folder to stage and upload).")
+    if args.results_dir is not None and not (Path(args.results_dir) / "soup_results.json").is_file():
+        raise SystemExit(f"{args.results_dir} has no soup_results.json: run scripts/evaluate_soups.py first.")
     api = None
     if not args.no_push:
         # Before anything is written or created: offline mode, a missing or rejected token, or no network stop here
@@ -312,4 +318,4 @@ def stage(args: PushArguments, spec: dict, folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -39,6 +39,7 @@ import transformers
 from transformers import AutoImageProcessor, HfArgumentParser, set_seed
 
 from hf_advsoup import AdvSoupViTForImageClassification
+from hf_advsoup.cli import check_output_dir, run
 from hf_advsoup.configuration_advsoup import SELECTOR_MODES
 from hf_advsoup.data import (
     DataArguments,
@@ -47,6 +48,7 @@ from hf_advsoup.data import (
     set_image_transforms,
 )
 from hf_advsoup.data.labels import match_class_names
+from hf_advsoup.hub_access import check_model_source
 from hf_advsoup.selection import (
     SelectorTrainer,
     SelectorTrainingArguments,
@@ -107,9 +109,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if os.path.isdir(source) and os.path.abspath(source) == output_dir:
         raise SystemExit(f"--output_dir {training_args.output_dir} is the co-trained checkpoint itself: choose "
                          "another folder (the co-trained model is kept as it is).")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not training_args.overwrite_output_dir:
-        raise SystemExit(f"--output_dir {training_args.output_dir} is not empty. Nothing was changed. Pass "
-                         "--overwrite_output_dir to write into it, or choose another folder.")
+    # Before anything is loaded: the output folder, the model, the attack the selector trains against.
+    check_output_dir(training_args.output_dir, must_be_empty=not training_args.overwrite_output_dir,
+                     ways_out=("--overwrite_output_dir to write into it",))
+    check_model_source(source)
+    train_attack = training_args.train_attack_config(cotraining_attack_settings(source))
     set_seed(training_args.seed)
 
     model = AdvSoupViTForImageClassification.from_pretrained(source)
@@ -117,7 +121,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger.info("%s already has a selector: it is replaced by a new one.", source)
     model.add_selector(selector_args.selector_layers, selector_args.selector_hidden_size, selector_args.selector_mode)
     processor = AutoImageProcessor.from_pretrained(source)
-    train_attack = training_args.train_attack_config(cotraining_attack_settings(source))
 
     dataset = load_image_dataset(data_args)
     names = dataset["train"].features["label"].names
@@ -154,4 +157,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

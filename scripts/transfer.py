@@ -28,7 +28,9 @@ import sys
 import yaml
 from transformers import HfArgumentParser
 
+from hf_advsoup.cli import check_output_dir, run
 from hf_advsoup.data import DataArguments
+from hf_advsoup.hub_access import check_model_source
 from hf_advsoup.training_args import CoTrainingArguments
 from hf_advsoup.transfer import (
     PAPER_RECIPE,
@@ -88,6 +90,15 @@ def main(argv: list[str] | None = None):
     )
     if transfer_args.model_name_or_path is None:
         raise SystemExit("--model_name_or_path is required (a co-trained checkpoint folder or Hub id).")
+    # Before anything is loaded: the output folder (a sweep reuses the finished runs in its folder; one transfer
+    # needs a new or empty one) and the models.
+    check_output_dir(training_args.output_dir,
+                     must_be_empty=not (sweep_args.sweep or training_args.overwrite_output_dir),
+                     ways_out=("--overwrite_output_dir to write the new transfer into it",))
+    check_model_source(transfer_args.model_name_or_path)
+    if sweep_args.sweep:
+        for item in sweep_args.baselines or []:
+            check_model_source(item.split("=", 1)[-1], flag="--baselines")
     if sweep_args.sweep:
         results, (md_path, json_path) = run_sweep(sweep_args, transfer_args, data_args, training_args)
         if training_args.should_log:
@@ -104,4 +115,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -27,3 +27,14 @@ def _main_job_on_digits():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(hf_advsoup.data, "local_preset_folder", lambda name: None)
         yield
+
+
+@pytest.fixture(autouse=True)
+def _hub_answers_without_a_network(monkeypatch):
+    """The Hub reachability probe (``hf_advsoup.hub_access``) reports "reachable" without a request, so that tests
+    never touch the network and tests that fake the Hub see their fakes called; tests of an unreachable Hub patch
+    ``_probe_hub`` themselves."""
+    import hf_advsoup.hub_access
+
+    monkeypatch.setattr(hf_advsoup.hub_access, "_probe_hub", lambda timeout: None)
+    monkeypatch.setattr(hf_advsoup.hub_access, "_probe_result", {})

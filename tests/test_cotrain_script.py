@@ -288,3 +288,170 @@ def test_truncated_checkpoint_names_the_file(tmp_path):
     with pytest.raises(CorruptCheckpointError, match=r"ckpt/model\.safetensors is truncated or corrupt"):
         cotrain.main(["--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(ckpt), *TINY])
     assert not (tmp_path / "out" / "run_args.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ geometry of other data
+GEOMETRY_FREE = [arg for i, arg in enumerate(TINY) if arg not in ("--image_size", "--patch_size")
+                 and TINY[i - 1] not in ("--image_size", "--patch_size")]
+
+
+def _sized_folder(root: Path, size: tuple[int, int], odd: tuple[int, int] | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    for label in ("coat", "bag"):
+        (root / label).mkdir(parents=True)
+        for i in range(10):
+            shape = odd if (odd is not None and i == 0) else size
+            pixels = (rng.random((shape[1], shape[0])) * 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(root / label / f"{i}.png")
+    return root
+
+
+def test_a_folder_without_recipe_gets_its_geometry_from_its_images(tmp_path, caplog):
+    """The user's own folder of 28x28 images: image size 28 (not 224), patch 4 (49 tokens, not 3,136), and the run's
+    first line says so, with the reasons."""
+    data = _sized_folder(tmp_path / "images", (28, 28), odd=(40, 30))
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="cotrain"):
+        cotrain.main(["--output_dir", str(out), "--dataset_name", str(data), "--validation_fraction", "0.25",
+                      *GEOMETRY_FREE, "--max_steps", "1"])
+    config = json.loads((out / "config.json").read_text())
+    assert (config["image_size"], config["patch_size"]) == (28, 4)
+    recorded = json.loads((out / "run_args.json").read_text())["model_args"]
+    assert (recorded["image_size"], recorded["patch_size"]) == (28, 4)  # what was trained, not None
+    first = [r.getMessage() for r in caplog.records if r.name == "cotrain"][0]
+    assert first.startswith("No recipe file: running the digits run's settings on " + str(data))
+    assert "image size 28 px (28x28 is the most common size: 14 of 15 sampled training images, 2 sizes" in first
+    assert "patch 4 px (the largest of 4, 8, 16 px that leaves at least 8 patches per side" in first
+    assert "49 tokens per image" in first and "a training step is estimated at" in first
+
+
+def test_geometry_rules():
+    from hf_advsoup.geometry import choose_patch_size, infer_image_size, num_tokens
+
+    assert [choose_patch_size(size)[0] for size in (8, 16, 28, 32, 63, 64, 127, 128, 224)] == [4, 4, 4, 4, 4, 8, 8,
+                                                                                                16, 16]
+    assert num_tokens(224, choose_patch_size(224)[0]) == 196 and num_tokens(32, 4, 2) == 225
+    import datasets as hf_datasets
+
+    def folder_of(*sizes):
+        images = [Image.new("RGB", size) for size in sizes]
+        return hf_datasets.Dataset.from_dict({"image": images}, features=hf_datasets.Features(
+            {"image": hf_datasets.Image()}))
+
+    assert infer_image_size(folder_of((640, 480), (640, 480), (300, 300)))[0] == 224  # capped, shorter side
+    size, reason = infer_image_size(folder_of((8, 8)))
+    assert size == 16 and "upscaled" in reason
+
+
+def test_a_step_that_would_take_minutes_is_refused_before_training(tmp_path):
+    """224-px images cut into 4-px patches (3,136 tokens; the old default for non-preset data) are timed before
+    training and refused above --max_step_seconds; far too many tokens are refused without timing."""
+    out = tmp_path / "run"
+    args = ["--output_dir", str(out), *GEOMETRY_FREE]
+    with pytest.raises(ValueError, match=r"Image size 224 px \(--image_size\), patch 4 px \(--patch_size\): 3,136 tokens per "
+                       r"image: a training step is estimated at .* more than --max_step_seconds 0\.5\. Nothing was "
+                       r"trained\. Give a smaller --image_size or a larger --patch_size"):
+        cotrain.main([*args, "--image_size", "224", "--patch_size", "4", "--max_step_seconds", "0.5"])
+    with pytest.raises(ValueError, match="65,536 tokens per image.*far too many for a CPU"):
+        cotrain.main([*args, "--image_size", "512", "--patch_size", "2"])
+    assert not out.exists()
+
+
+def test_the_step_estimate_changes_nothing():
+    from hf_advsoup import AdvSoupViTConfig, AdvSoupViTForImageClassification
+    from hf_advsoup.geometry import estimate_step_seconds
+
+    model = AdvSoupViTForImageClassification(AdvSoupViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=8, patch_size=4,
+        num_labels=3, drop_path_rate=0.1)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    estimate = estimate_step_seconds(model, 8, images=16, passes=4)
+    assert estimate.seconds > 0 and estimate.probe_batch > 1 and estimate.images == 16
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ------------------------------------------------------------------------------------- output, splits, reproducibility
+def test_output_dir_that_is_a_file_is_refused_before_anything_is_loaded(tmp_path, monkeypatch):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    monkeypatch.setattr(cotrain, "load_image_dataset", lambda *a: pytest.fail("data loaded before the check"))
+    with pytest.raises(FileExistsError, match=r"results\.txt is a file, not a folder\. Nothing was changed\. Choose "
+                       r"another --output_dir\."):
+        cotrain.main(["--output_dir", str(target), *TINY])
+    assert target.read_text() == "keep me"
+
+
+def _metrics_without_timings(metrics):
+    return {k: v for k, v in metrics.items() if not k.endswith(("runtime", "per_second"))}
+
+
+def test_same_machine_same_threads_same_run_bit_for_bit(tmp_path):
+    """What the README promises: a run repeated on the same machine with the same thread count gives the same
+    weights and numbers (across machines or thread counts, float sums differ: docs/cotraining.md)."""
+    first = cotrain.main(["--output_dir", str(tmp_path / "a"), *TINY])
+    second = cotrain.main(["--output_dir", str(tmp_path / "b"), *TINY])
+    assert _metrics_without_timings(first) == _metrics_without_timings(second)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_the_soup_table_names_its_command_and_the_last_line_names_its_split(tmp_path, capsys):
+    """soup_table.md ends with the evaluate_soups.py command that recomputes it (same images, batch, seed, threads):
+    run, it gives the same numbers; the run's last line names the validation split it reports."""
+    import shlex
+
+    sys.modules.pop("evaluate_soups", None)
+    import evaluate_soups
+
+    out = tmp_path / "digits"
+    metrics = cotrain.main(["--output_dir", str(out), *TINY, "--soup_table", "true", "--soup_table_attack", "pgd2",
+                            "--soup_table_robust_samples", "20", "--per_device_eval_batch_size", "8"])
+    printed = capsys.readouterr().out
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith(f"Saved to {out}. Validation split (32 images): clean accuracy (clean mode) ")
+    assert "robust accuracy (robust mode, PGD-2 (Adam) linf eps=8/255) " in last and "on its first 16." in last
+    text = (out / "soup_table.md").read_text()
+    command = text.split("same images, batch, seed and threads): ")[1].strip()
+    words = shlex.split(command)
+    assert words[:3] == ["OMP_NUM_THREADS=1", "python", "scripts/evaluate_soups.py"]
+    assert words[words.index("--batch_size") + 1] == "8" and words[words.index("--datasets") + 1] == "digits:validation"
+    result = evaluate_soups.main([*words[3:-2], "--output_dir", str(tmp_path / "again"), "--progress", "false"])
+    for metric in ("clean", "robust"):
+        again = result.curve("digits", "soup", f"{metric}_accuracy")
+        assert again == {beta: metrics[f"soup_table_{metric}_beta{beta:g}"] for beta in (1.0, 0.5, 0.0)}
+
+
+def test_missing_pyautoattack_stops_the_run_before_training(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)  # `import pyautoattack` raises ImportError
+    with pytest.raises(ImportError, match=r"soup table's attack 'apgd-ce' runs through pyautoattack, which is not "
+                       r"installed: pip install --no-deps pyautoattack==0\.2\.0.*--soup_table_attack report"):
+        cotrain.main(["--output_dir", str(tmp_path / "run"), *TINY, "--soup_table", "true"])
+    assert not (tmp_path / "run").exists()
+    cotrain.parse_arguments(["--output_dir", str(tmp_path / "run"), "--soup_table_attack", "report"])  # no extra
+
+
+def test_ctrl_c_during_training_ends_with_how_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first checkpoint: no traceback, one line saying how to continue, and that command resumes."""
+    from hf_advsoup.cli import run
+
+    out = tmp_path / "run"
+    argv = ["--output_dir", str(out), *TINY, "--save_strategy", "steps", "--save_steps", "1"]
+
+    def interrupt_at_step_2(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cotrain.RunStartCallback, "on_step_end", interrupt_at_step_2, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run(cotrain.main, argv)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.splitlines()[-1] == (
+        f"interrupted: training stopped; its latest checkpoint is {out}/checkpoint-1. To continue the run, give the "
+        f"same command with --resume_from_checkpoint latest (and the same --output_dir {out}).")
+    monkeypatch.undo()
+    cotrain.main([*argv, "--resume_from_checkpoint", "latest"])
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3

@@ -288,6 +288,15 @@ def test_presets_cover_the_paper():
     assert data_module.find_preset("someone/else") is None
 
 
+def test_docs_say_which_sun397_split_the_preset_is_and_when_loading_scripts_went():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    assert "`tanganke/sun397` (50 images per class)" in text and "`dpdl-benchmark/sun397` has a larger" in text
+    assert "50-images-per-class" in DATASET_PRESETS["sun397"].description
+    assert "dropped loading scripts in 4.0" in text and "5.x has no loading scripts" not in text
+
+
 def test_cifar100_preset_carves_validation_and_keeps_test(monkeypatch):
     def cifar100_like(num, seed):
         ds = _image_dataset(num, num_classes=4, image_column="img", label_column="fine_label", seed=seed)

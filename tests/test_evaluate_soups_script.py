@@ -153,3 +153,25 @@ def test_match_class_names_rules():
         match_class_names(["a", "b"], unnamed)
     with pytest.raises(ValueError, match="both the model's class 1"):
         match_class_names(["1", "01"], names)
+
+
+def test_every_argument_is_checked_before_the_model_or_any_image_is_loaded(tmp_path, checkpoint, evaluate_script,
+                                                                          monkeypatch):
+    """An --output_dir that is a file used to fail after the whole evaluation (30 minutes with --auto); now it, the
+    models, the Table 9 pair and the data set names fail before anything is loaded, in seconds."""
+    ckpt, _, _ = checkpoint
+    monkeypatch.setattr(evaluate_script.AutoModelForImageClassification, "from_pretrained",
+                        lambda *a, **k: pytest.fail("the model was loaded before the arguments were checked"))
+    monkeypatch.setattr(evaluate_script, "load_eval_split", lambda *a, **k: pytest.fail("data loaded"))
+    target = tmp_path / "soups.md"
+    target.write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"--output_dir .*soups\.md is a file, not a folder\. Nothing was "
+                       r"changed\."):
+        _run(evaluate_script, ckpt, target, "digits")
+    with pytest.raises(FileNotFoundError, match="--model_name_or_path .*missing: no such folder"):
+        _run(evaluate_script, tmp_path / "missing", tmp_path / "out", "digits")
+    with pytest.raises(SystemExit, match="used twice"):
+        _run(evaluate_script, ckpt, tmp_path / "out", "digits", "--datasets", "digits", "digits:validation")
+    with pytest.raises(ValueError, match=r"--robust_datasets \['cifar'\] are not among the data sets"):
+        _run(evaluate_script, ckpt, tmp_path / "out", "digits", "--robust_datasets", "cifar")
+    assert target.read_text() == "keep me" and not (tmp_path / "out").exists()

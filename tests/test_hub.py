@@ -294,7 +294,7 @@ def test_no_push_stages_the_folder_and_refuses_a_non_empty_one(checkpoint, fake_
     assert folder == out and (out / "README.md").is_file() and fake_hub.calls == []
     loaded = AdvSoupViTForImageClassification.from_pretrained(out, beta=0.5)
     assert loaded.config.beta == 0.5
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(FileExistsError, match="not empty: it holds another run.*Nothing was changed"):
         push_script.main(["--model_name_or_path", str(checkpoint / "ckpt"), "--repo_id", "someone/x",
                           "--output_dir", str(out), "--no_push"])
 

@@ -358,6 +358,25 @@ def test_invalid_config_values_name_the_options(kwargs, message):
         AdvSoupViTConfig(**TINY, **kwargs)
 
 
+def test_beta_far_outside_0_1_warns_with_its_value_and_is_still_allowed(tmp_path):
+    import warnings
+
+    model = make_model().eval()
+    x = images(3)
+    with pytest.warns(UserWarning, match=r"beta=2 is far outside \[0, 1\].*extrapolated 1 beyond a mode"):
+        extrapolated = model(x, beta=2.0).logits
+    assert torch.isfinite(extrapolated).all()  # documented extrapolation: allowed
+    with pytest.warns(UserWarning, match=r"beta=-0\.75 is far outside"):
+        model(x, beta=-0.75)
+    model.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="beta=2 is far outside"):
+        AdvSoupViTForImageClassification.from_pretrained(tmp_path, beta=2)(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the paper's extrapolation and appendix D's landscape stay quiet
+        for beta in (1.05, -0.05, 1.25, 1.5, -0.5):
+            model(x, beta=beta)
+
+
 def test_invalid_forward_beta(tmp_path):
     model = make_model()
     x = images(3)

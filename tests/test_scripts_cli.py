@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("cotrain", "transfer", "evaluate_soups", "push_to_hub", "reproduce", "train_selector")
+SCRIPTS = ("cotrain", "transfer", "evaluate_soups", "push_to_hub", "reproduce", "train_selector", "flagship")
 
 
 # One Python process runs every script as `python scripts/<name>.py --help` would (as __main__, its folder first on

@@ -247,6 +247,23 @@ def test_training_attack_defaults_to_the_cotraining_runs(tmp_path):
     assert SelectorTrainingArguments(output_dir=str(tmp_path), report_to="none").train_attack_config().steps == 2
 
 
+def test_a_free_cotrained_model_gets_pgd2_at_its_radius(tmp_path, caplog):
+    """--train_attack free is a co-training mode, not an attack preset: the selector trains against PGD-2 at the
+    run's radius (and says so) instead of stopping with "Unknown attack preset 'free'"."""
+    (tmp_path / "run_args.json").write_text(json.dumps({"training_args": {
+        "train_attack": "free", "train_epsilon": "0.1", "train_attack_step_size": "0.1", "train_attack_norm": None,
+        "train_attack_steps": None}}))
+    args = SelectorTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
+    with caplog.at_level("WARNING", logger="hf_advsoup.selection"):
+        config = args.train_attack_config(cotraining_attack_settings(tmp_path))
+    assert (config.name, config.steps, config.epsilon) == ("pgd", 2, 0.1)
+    assert config.step_size == pytest.approx(0.1 * 2.5 / 4)  # PGD-2's step-to-radius ratio, not free's sign step
+    assert "co-trained with --train_attack free" in caplog.text and "PGD-2 at the run's radius (0.1)" in caplog.text
+    with pytest.raises(ValueError, match="free is a co-training mode"):
+        SelectorTrainingArguments(output_dir=str(tmp_path / "o"), report_to="none",
+                                  train_attack="free").train_attack_config()
+
+
 # --------------------------------------------------------------------------------------------------- the scripts
 COTRAIN_TINY = [
     "--hidden_size", "16", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--intermediate_size", "32",
@@ -284,7 +301,7 @@ def test_train_selector_then_evaluate_auto_from_the_command_line(cotrained, tmp_
     metrics = train_selector.main([*common, "--output_dir", str(out), "--selector_layers", "1"])
     assert 0.0 <= metrics["eval_detection_accuracy"] <= 1.0
     assert "Saved to" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(FileExistsError, match="not empty.*Nothing was changed.*--overwrite_output_dir"):
         train_selector.main([*common, "--output_dir", str(out)])
     config = json.loads((out / "config.json").read_text())
     assert config["selector_layers"] == 1 and config["selector_mode"] == "soft"

@@ -492,3 +492,14 @@ def test_soup_table_reads_the_trade_off_and_refuses_unknown_attacks():
     with pytest.raises(ValueError, match="Unknown soup-table attack 'apgd-x'"):  # at parse time, before training
         CoTrainingArguments(output_dir="unused", soup_table=True, soup_table_attack="apgd-x")
     assert CoTrainingArguments(output_dir="unused", soup_table=True, soup_table_attack="apgd-ce+apgd-t").soup_table
+
+
+def test_markdown_without_an_attack_has_no_robust_accuracy_heading():
+    """--attack none: only clean numbers, so no empty "Robust accuracy:" line under the table."""
+    clean_only = SoupEvaluation(records=_records({0.0: 0.5, 1.0: 0.75}))
+    text = clean_only.to_markdown()
+    assert "| 0 | 50.00 |" in text and "Robust accuracy" not in text
+    attacked = SoupEvaluation(records=_records({0.0: 0.5, 1.0: 0.75}) + [
+        SoupRecord("d", "soup", 0.0, "robust_accuracy", 0.25, 100, 100, 1,
+                   threat_model={"norm": "linf", "epsilon": 0.1, "name": "PGD-2"})])
+    assert "Robust accuracy: " in attacked.to_markdown()

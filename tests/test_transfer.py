@@ -179,6 +179,20 @@ def test_lora_trains_only_lora_and_head():
     assert changed(before, dict(model.named_parameters())) == trainable
 
 
+def test_every_strategy_says_what_it_trains_lora_included(caplog):
+    counts = {}
+    for strategy in ("head", "lora"):
+        args = TransferArguments(model_name_or_path="unused", token_init="robust", strategy=strategy, lora_r=2)
+        with caplog.at_level("INFO", logger="hf_advsoup.transfer"):
+            caplog.clear()
+            model = prepare_transfer_model(args, LABELS3, model=make_source())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        counts[strategy] = f"Strategy {strategy!r} trains {trainable} of {total} parameters"
+        assert counts[strategy] in caplog.text
+    assert "(LoRA rank 2 on q_proj, v_proj, and the classifier)" in caplog.text
+
+
 def test_apply_strategy_refuses_a_dual_adapter_model():
     with pytest.raises(ValueError, match="bake the soup first"):
         apply_strategy(make_source(), "head")

@@ -90,7 +90,10 @@ def test_common_model_tests_pass_as_for_vit(tmp_path):
     suite = os.path.join(HERE, "upstream_vit_suite.py")
     targets = [suite] if full else [f"{suite}::{cls}" for cls in DEFAULT_CLASSES]
     report = tmp_path / "junit.xml"
-    env = {**os.environ, "HF_ADVSOUP_TRANSFORMERS_TESTS": directory, "OMP_NUM_THREADS": "1"}
+    # PYTHONPATH: the suite imports this checkout's hf_advsoup (and its tests/conftest.py), not another installed one.
+    root = os.path.dirname(HERE)
+    env = {**os.environ, "HF_ADVSOUP_TRANSFORMERS_TESTS": directory, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", *targets, "-q", "-p", "no:cacheprovider", "-W", "ignore",
          f"--junitxml={report}", f"--rootdir={tmp_path}"],

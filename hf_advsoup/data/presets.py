@@ -96,7 +96,10 @@ DATASET_PRESETS: dict[str, DatasetPreset] = {
         DatasetPreset(
             name="sun397", hub_id="tanganke/sun397", config_name=None, image_column="image", label_column="label",
             train_split="train", eval_split=None, test_split="test", validation_fraction=0.1, validation_seed=0,
-            num_labels=397, image_size=224, description="SUN-397 scene recognition (Table 5, Table 6).",
+            num_labels=397, image_size=224,
+            description="SUN-397 scene recognition (Table 5, Table 6): tanganke/sun397, the 50-images-per-class "
+            "train/test split, not the whole data set (dpdl-benchmark/sun397 has a larger train/validation/test "
+            "split).",
         ),
         DatasetPreset(
             name="resisc45", hub_id="timm/resisc45", config_name=None, image_column="image", label_column="label",

@@ -10,7 +10,8 @@ Resolution of a ``--dataset_name`` (:func:`_load_source`), in order:
 3. an existing local path;
 4. a name that looks like a path (starts with ``/``, ``./``, ``../`` or ``~``, or has more than one ``/``) but does
    not exist: ``FileNotFoundError`` (not a Hub lookup);
-5. a Hub id (a preset's, or the name itself).
+5. a Hub id (a preset's, or the name itself); when the Hub does not answer (or ``HF_HUB_OFFLINE=1``), only the local
+   cache is tried, so a missing data set fails in seconds (:mod:`hf_advsoup.hub_access`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import datasets
 import numpy as np
 from PIL import Image as PILImage
 
+from ..hub_access import check_hub_or_go_offline
 from .idx import is_idx_folder, load_idx_folder
 from .presets import DATASET_PRESETS, DatasetPreset, find_preset
 from .schema import VALIDATION_SPLIT_CANDIDATES
@@ -318,6 +320,11 @@ def _load_source(
         note = f"There is no local file or folder {name!r} (relative to {os.getcwd()}), so it was taken as a Hub id. "
     hub_id = preset.hub_id if preset is not None else name
     config = config_name or (preset.config_name if preset is not None else None)
+    # Without a network, datasets retries for ~25 s before failing: ask the Hub once, and go offline (the cache still
+    # works; anything else fails at once) when it does not answer.
+    unreachable = check_hub_or_go_offline()
+    if unreachable is not None:
+        note += f"The Hub cannot be used: {unreachable}. "
     if single_split:
         split, loaded = _load_hub_split(hub_id, config, split, cache_dir, note)
         raw = datasets.DatasetDict({split: loaded})

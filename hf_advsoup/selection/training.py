@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,10 @@ from transformers.trainer_utils import EvalPrediction
 from ..attacks import AttackConfig, Normalization, attack
 from ..modeling_advsoup import AdvSoupViTForImageClassification
 from ..trainer import step_generator
+from ..training_args import FREE_TRAIN_ATTACK
 from .systems import AutoSoupClassifier
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["OBJECTIVES", "SelectorTrainer", "SelectorTrainingArguments", "composite_metrics",
            "cotraining_attack_settings", "selector_metrics"]
@@ -144,6 +148,19 @@ class SelectorTrainingArguments(TrainingArguments):
         """The training attack: ``cotraining`` settings (:func:`cotraining_attack_settings`) overridden by this
         run's fields that are not ``None``; preset ``"pgd2"`` when neither names one."""
         settings = {k: v for k, v in dict(cotraining or {}).items() if v is not None}
+        if settings.get("train_attack") == FREE_TRAIN_ATTACK:
+            # Free co-training has no attack of its own (its perturbation is built up across the replays of a
+            # minibatch): PGD-2, co-training's default, at the run's radius and norm is the nearest standalone attack.
+            settings = {k: v for k, v in settings.items() if k in ("train_attack_norm", "train_epsilon")}
+            settings["train_attack"] = "pgd2"
+            if self.train_attack is None:
+                logger.warning(
+                    "The model was co-trained with --train_attack free, which has no standalone attack: the selector's "
+                    "robust-mode examples come from PGD-2 at the run's radius (%s). Give --train_attack to choose "
+                    "another.", settings.get("train_epsilon", "the preset's"))
+        if self.train_attack == FREE_TRAIN_ATTACK:
+            raise ValueError("--train_attack free is a co-training mode (Shafahi et al.'s replays), not an attack the "
+                             "selector can train against: give an attack preset such as pgd2.")
         own = {name: getattr(self, name) for name in ("train_attack", *_COTRAINING_ATTACK_FIELDS) if hasattr(self, name)}
         settings.update({k: v for k, v in own.items() if v is not None})
         preset = settings.pop("train_attack", None) or "pgd2"

@@ -83,7 +83,7 @@ class StudyArguments:
     )
     max_seeds: int = field(
         default=3,
-        metadata={"help": "Seeds at most per measured result: a claim whose 95% interval straddles its boundary gets "
+        metadata={"help": "Seeds at most per measured result: a claim whose 95%% interval straddles its boundary gets "
                   "another seed of both compared results when that can resolve it (rules.seeds_to_resolve), up to "
                   "this many. 1: one seed (such claims stay unresolved)."},
     )
