@@ -71,7 +71,7 @@ from .soups import (
     iter_batches,
     threat_model_of,
 )
-from .trainer import step_generator
+from .training import step_generator
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class SelectorTrainer(Trainer):
     - **Evaluation** reports :func:`selector_metrics` on the evaluation set (clean images and their training-attack
       versions, attack randomness seeded by ``args.seed``), ``eval_loss`` being the same cross-entropy.
     - **Randomness** of the training attack: a generator seeded by ``(seed, optimizer step, micro-batch, process)``
-      (:func:`hf_advsoup.trainer.step_generator`), so a resumed run repeats it.
+      (:func:`hf_advsoup.training.step_generator`), so a resumed run repeats it.
 
     Args:
         model: a co-trained model with a selector.

@@ -38,7 +38,7 @@ class ImageClassificationTransform:
     ``eval_resize`` pixels (an int; the aspect ratio kept, transformers' rounding) or to exactly ``eval_resize =
     (height, width)``, then centre-crop ``size`` (the ImageNet protocol, :mod:`.processor`).
 
-    Randomness: after :meth:`set_epoch` (which :class:`~hf_advsoup.trainer.CoTrainer` calls at the start of every
+    Randomness: after :meth:`set_epoch` (which :class:`~hf_advsoup.training.CoTrainer` calls at the start of every
     epoch), the crop and flip of an image are a pure function of ``(seed, epoch, the image's content)``: neither
     torch's global RNG, nor the DataLoader worker, nor the order or batch the image comes in play a part, so a run
     resumed mid-epoch repeats them exactly. Before any ``set_epoch`` (e.g. under a plain ``Trainer``), draws come
