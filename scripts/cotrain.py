@@ -490,10 +490,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("test", test_metrics)
         metrics.update(test_metrics)
     table = None
-    if training_args.soup_table and trainer.is_fsdp_enabled:
-        logger.warning("No soup table under FSDP (the model is sharded across processes): evaluate the saved model "
-                       "with scripts/evaluate_soups.py --betas 1 0.5 0.")
-    elif training_args.soup_table and trainer.is_world_process_zero():
+    # Under FSDP every process runs the table's forwards and attacks on the same images (each one gathers the
+    # sharded weights with the others); the main process prints and writes it.
+    if training_args.soup_table and (trainer.is_world_process_zero() or trainer.is_fsdp_enabled):
         split = "test" if "test" in dataset else "validation"
         table = print_soup_table(trainer, dataset[split], split, training_args)
     if trainer.is_world_process_zero():
@@ -512,7 +511,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 def print_soup_table(trainer: CoTrainer, data, split: str, training_args: CoTrainingArguments):
     """Evaluate the saved model's soups at beta 1, 0.5, 0 (:mod:`hf_advsoup.soup_table`), print the table and write
-    it to ``soup_table.md`` in the output folder."""
+    it to ``soup_table.md`` in the output folder (the main process; under FSDP every process must call this)."""
     from torch.utils.data import DataLoader
 
     from hf_advsoup.attacks import Normalization
@@ -533,9 +532,10 @@ def print_soup_table(trainer: CoTrainer, data, split: str, training_args: CoTrai
         )
         model.train(was_training)
     text = table.to_text()
-    print("\n" + text + "\n")
-    with open(os.path.join(training_args.output_dir, "soup_table.md"), "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
+    if trainer.is_world_process_zero():
+        print("\n" + text + "\n")
+        with open(os.path.join(training_args.output_dir, "soup_table.md"), "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
     return table
 
 

@@ -1,5 +1,9 @@
 """Exponential moving average of the weights (the paper's EMA, momentum 0.9999): the fp32 shadow, the callback that
-updates it after each optimizer step and writes it into each checkpoint (``ema.safetensors``)."""
+updates it after each optimizer step and writes it into each checkpoint (``ema.safetensors``).
+
+Under FSDP the shadow follows each process's shards (``DTensor`` s like the parameters); checkpoints hold the whole
+EMA (gathered by every process, written by the main one), and loading one puts each process's part of it back,
+so a checkpoint resumes with any number of processes."""
 
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ class WeightEMA:
 
     @staticmethod
     def _tracked(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        _reshard(model)
         return ((name, p) for name, p in model.named_parameters() if p.requires_grad)
 
     @torch.no_grad()
@@ -83,9 +88,16 @@ class WeightEMA:
                 for name, p in self._tracked(model):
                     p.copy_(backup[name])
 
-    def save(self, path: str) -> None:
-        tensors = {name: t.detach().cpu().contiguous() for name, t in self.shadow.items()}
-        save_file(tensors, path, metadata={"num_updates": str(self.num_updates), "decay": repr(self.decay)})
+    def full_shadow(self) -> dict[str, torch.Tensor]:
+        """The whole EMA on CPU (``DTensor`` shards gathered: under FSDP every process must call it)."""
+        return {name: _full(t).detach().cpu().contiguous() for name, t in self.shadow.items()}
+
+    def save(self, path: str | None, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the EMA (``tensors``: what :meth:`full_shadow` returned, else it is called here) to ``path``
+        (``None``: gather only, the call of a process that does not write)."""
+        tensors = self.full_shadow() if tensors is None else tensors
+        if path is not None:
+            save_file(tensors, path, metadata={"num_updates": str(self.num_updates), "decay": repr(self.decay)})
 
     def load(self, path: str, model: nn.Module) -> None:
         from safetensors import safe_open
@@ -97,7 +109,7 @@ class WeightEMA:
         missing = sorted(set(params) - set(tensors))
         if missing:
             raise ValueError(f"{path} lacks EMA weights for {missing[:5]} (and {max(len(missing) - 5, 0)} more).")
-        self.shadow = {name: tensors[name].to(device=p.device, dtype=torch.float32) for name, p in params.items()}
+        self.shadow = {name: _like(tensors[name].to(dtype=torch.float32), p) for name, p in params.items()}
         self.num_updates = int(metadata.get("num_updates", 0))
 
 
@@ -116,10 +128,42 @@ class EMACallback(TrainerCallback):
         self.ema.update(model)
 
     def on_save(self, args, state, control, **kwargs):
-        if args.should_save and self.ema.initialized:
+        if not self.ema.initialized:
+            return
+        tensors = self.ema.full_shadow()  # every process: gathers FSDP shards
+        if args.should_save:
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             os.makedirs(folder, exist_ok=True)
-            self.ema.save(os.path.join(folder, EMA_WEIGHTS_NAME))
+            self.ema.save(os.path.join(folder, EMA_WEIGHTS_NAME), tensors)
+
+
+def _reshard(model: nn.Module) -> None:
+    """Put every FSDP2 unit of ``model`` back to its shards: after an evaluation forward, the root unit keeps its
+    parameters gathered (plain tensors) until the next forward, so the EMA would meet another set of tensors."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``full`` (a whole tensor) laid out like ``param``: this process's shard of it when ``param`` is a
+    ``DTensor``, else on ``param``'s device."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        # Every process read the same file: each keeps its own part, nothing is sent.
+        return distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+    return full.to(device=param.device)
 
 
 __all__ = [

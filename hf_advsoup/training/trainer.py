@@ -63,6 +63,7 @@ from ..modeling_advsoup import SoupWeights
 from ..training_args import CoTrainingArguments
 from .callbacks import CatastrophicOverfittingCallback, TransformEpochCallback
 from .checkpoints import check_weight_files, resolve_checkpoint
+from .distributed import enable_fsdp_on_cpu, initialize_before_attacks, plain_class
 from .ema import EMA_WEIGHTS_NAME, EMACallback, WeightEMA
 from .losses import compute_accuracy, hard_labels, smoothed_targets, soft_cross_entropy
 from .randomness import step_generator
@@ -157,6 +158,13 @@ class CoTrainer(Trainer):
         self._free_pending: list[FreeBatch] = []
         self._inv_stds: dict[tuple[torch.device, int], torch.Tensor] = {}
 
+    def create_accelerator_and_postprocess(self):
+        """Trainer's accelerator; a CPU run launched with FSDP becomes one (:func:`.distributed.enable_fsdp_on_cpu`:
+        accelerate enables FSDP on accelerators only and would otherwise train plain data-parallel copies)."""
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator):
+            self.is_fsdp_enabled = True
+
     # -------------------------------------------------------------- loss
     @property
     def num_labels(self) -> int:
@@ -216,6 +224,8 @@ class CoTrainer(Trainer):
             clean = pixel_values if self.args.alpha > 0 else None
             adversarial = None
             if self.args.alpha < 1:
+                if self.is_fsdp_enabled:
+                    initialize_before_attacks(model)
                 # The inner max of Eq. 2 is taken through the adversarial-token (robust-mode) model, unwrapped so
                 # that no DDP hook fires; attack() runs it in eval mode with frozen weights and restores both. Its
                 # input range check is one of this trainer's deferred checks (recorded in _augmented).
@@ -547,6 +557,8 @@ class CoTrainer(Trainer):
         seeded by ``args.seed`` so every evaluation attacks the same images in the same way.
         """
         model = self.accelerator.unwrap_model(self.model)
+        if self.is_fsdp_enabled:
+            initialize_before_attacks(model)
         quota = math.ceil(self.args.robust_eval_samples / max(self.args.world_size, 1))
         device = self.args.device
         generator = step_generator(self.args.seed, 0, 0, self.args.process_index, device, stream=1)
@@ -582,11 +594,26 @@ class CoTrainer(Trainer):
     # -------------------------------------------------------------- saving, resuming, stopping
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model with its **EMA** weights (when EMA is on). Checkpoints (``_internal_call``) keep the raw
-        weights, plus ``ema.safetensors`` written by :class:`EMACallback`, so that resuming is exact."""
-        if _internal_call or self.ema is None or not self.ema.initialized:
+        weights, plus ``ema.safetensors`` written by :class:`EMACallback`, so that resuming is exact. Under FSDP the
+        saved model is always a whole one (``from_pretrained`` loads it), whatever the checkpoints' state dict
+        type."""
+        if _internal_call:
             return super().save_model(output_dir, _internal_call)
-        with self.ema.swapped(self.model):
+        with self.ema_weights():
+            if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+                # Trainer writes no weights under FSDP's sharded state dicts; the model a user loads is whole (the
+                # checkpoints stay sharded): every process gathers, the main one writes.
+                self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+                if self.args.push_to_hub:
+                    self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+                return None
             return super().save_model(output_dir, _internal_call)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Trainer's writer of the model folder, with the model's own class (not FSDP2's ``FSDP<name>`` subclass)
+        for the remote code and ``auto_map`` it writes (:func:`.distributed.plain_class`)."""
+        with plain_class(self.accelerator.unwrap_model(self.model)):
+            return super()._save(output_dir, state_dict=state_dict)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Trainer's checkpoint, written only after the deferred step checks pass (a non-finite loss is never
