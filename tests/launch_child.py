@@ -37,6 +37,8 @@ def describe(trainer) -> dict:
         "distributed_type": str(state.distributed_type).split(".")[-1],
         "num_processes": state.num_processes,
         "process_index": state.process_index,
+        "local_process_index": state.local_process_index,
+        "node_rank": int(os.environ.get("GROUP_RANK", -1)),  # torchrun's rank of this process's machine
         "is_fsdp_enabled": bool(trainer.is_fsdp_enabled),
         "mixed_precision": state.mixed_precision,
         "global_step": trainer.state.global_step,

@@ -59,6 +59,33 @@ def accelerate_launch(launch_args: list[str], script_args: list[str], report_dir
     return result
 
 
+def launch_machines(machines: int, launch_args: list[str], script_args: list[str], report_dir: Path,
+                    timeout: int = 300, **env: str) -> list[subprocess.CompletedProcess]:
+    """``machines`` "machines" on localhost, one ``accelerate launch`` each (``--num_machines machines
+    --machine_rank r --main_process_ip 127.0.0.1`` and a free port), run at the same time, as on a cluster where each
+    node runs the same command with its own rank; raises with the end of the output of any that failed."""
+    port = str(free_port())
+    commands = [[sys.executable, "-m", "accelerate.commands.launch", *launch_args, "--num_machines", str(machines),
+                 "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                 str(CHILD), *script_args] for rank in range(machines)]
+    processes = [subprocess.Popen(command, cwd=ROOT, env=launch_env(report_dir, **env), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for command in commands]
+    results = []
+    try:
+        for command, process in zip(commands, processes):
+            stdout, stderr = process.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for result in results:
+        if result.returncode != 0:
+            raise AssertionError(f"{' '.join(result.args)}\nexit {result.returncode}\n{result.stdout[-3000:]}\n"
+                                 f"{result.stderr[-6000:]}")
+    return results
+
+
 def reports(report_dir: Path) -> list[dict]:
     """The per-process reports of ``tests/launch_child.py``, by process index."""
     found = sorted(report_dir.glob("rank*.json"), key=lambda path: int(path.stem[4:]))
