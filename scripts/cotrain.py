@@ -11,6 +11,10 @@ Launch::
     # A recipe file (YAML or JSON; every field of the argument classes below), with command-line overrides.
     python scripts/cotrain.py scripts/configs/vit_s_cifar10.yaml --output_dir runs/cifar10 --alpha 0.4
 
+    # Stream the training split (a Hub id, a parquet or image folder) instead of loading it whole; --max_steps.
+    python scripts/cotrain.py scripts/configs/vit_b16_imagenet.yaml --streaming --max_steps 93900 \
+        --eval_strategy steps --eval_steps 313 --save_strategy steps --save_steps 313 --output_dir runs/in1k
+
     # More hardware: accelerate (one GPU, several GPUs, FSDP; see scripts/accelerate/ and docs/cotraining.md).
     accelerate launch --config_file scripts/accelerate/multi_gpu.yaml scripts/cotrain.py \
         scripts/configs/vit_b16_imagenet.yaml --output_dir runs/imagenet
@@ -63,6 +67,7 @@ from hf_advsoup.data import (
     collate_fn,
     find_preset,
     load_image_dataset,
+    load_streaming_dataset,
     set_image_transforms,
 )
 from hf_advsoup.trainer import CoTrainer, check_weight_files, resolve_checkpoint
@@ -416,6 +421,20 @@ class RunStartCallback(TrainerCallback):
         save_run_arguments(args.output_dir, *self.groups)
 
 
+def check_streaming_arguments(training_args: CoTrainingArguments) -> None:
+    """``--streaming`` runs are counted in steps: the stream is read pass after pass without end (every process
+    always has a batch), so the run needs ``--max_steps`` and nothing can happen "every epoch"."""
+    if training_args.max_steps <= 0:
+        raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs in (ImageNet-1k's 300 "
+                         "epochs at a batch of 4096: --max_steps 93900).")
+    per_epoch = [f"--{name} epoch" for name in ("eval_strategy", "save_strategy", "logging_strategy")
+                 if str(getattr(training_args, name)).split(".")[-1].lower() == "epoch"]
+    if per_epoch:
+        raise ValueError(f"--streaming reads the data without epochs, so {', '.join(per_epoch)} would never happen: "
+                         "use steps (e.g. --eval_strategy steps --eval_steps 313 --save_strategy steps --save_steps 313, "
+                         "one ImageNet-1k epoch at a batch of 4096).")
+
+
 def save_run_arguments(output_dir: str, *groups) -> str:
     """Write every argument group of the run to ``output_dir/run_args.json`` (read by ``scripts/push_to_hub.py`` for
     the model card's training details; unlike ``training_args.bin`` it is plain JSON)."""
@@ -445,7 +464,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     keep_checkpoint_architecture(model_args)
     set_seed(training_args.seed)
 
-    dataset = load_image_dataset(data_args)
+    if data_args.streaming:
+        check_streaming_arguments(training_args)
+        data_seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        dataset = load_streaming_dataset(data_args, seed=data_seed)
+    else:
+        dataset = load_image_dataset(data_args)
     labels = dataset["train"].features["label"]
     id2label = {i: name for i, name in enumerate(labels.names)}
     preset = find_preset(data_args.dataset_name)  # a preset name or a preset's Hub id

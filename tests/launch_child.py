@@ -44,6 +44,8 @@ def describe(trainer) -> dict:
         "global_step": trainer.state.global_step,
         "sharding": sharding_report(model),
         "tokens": tokens,
+        # --streaming: this process's part of the stream (rank, world size, how it was split) and where it is.
+        "stream": trainer._stream.describe() if getattr(trainer, "_stream", None) is not None else None,
     }
 
 

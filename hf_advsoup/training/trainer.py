@@ -52,12 +52,13 @@ from collections.abc import Callable
 import torch
 from accelerate.data_loader import SeedableRandomSampler
 from torch import nn
-from torch.utils.data import IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 from transformers import PreTrainedModel, Trainer, get_scheduler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..attacks import Normalization, attack, check_pixel_range, linf_bounds, linf_sign_step, pixel_range_excess
+from ..data.streaming import StreamingTrainSet
 from ..free_training import FreeBatch, FreeReplaySampler, free_state_file, load_free_state, save_free_state
 from ..modeling_advsoup import SoupWeights
 from ..training_args import CoTrainingArguments
@@ -70,6 +71,9 @@ from .randomness import step_generator
 from .step_checks import NonFiniteLossError, StepChecks
 
 logger = logging.getLogger(__name__)
+
+STREAM_STATE_NAME = "stream_state-{process}-of-{processes}.pt"
+"""File of a checkpoint holding one process's position in a streamed training set (``--streaming``)."""
 
 BatchAugmenterFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``(images01 (B, C, H, W), labels (B,), num_classes, generator) -> (images01, soft labels (B, num_classes))``."""
@@ -157,6 +161,10 @@ class CoTrainer(Trainer):
         self._free_batches: dict[int, FreeBatch] = {}
         self._free_pending: list[FreeBatch] = []
         self._inv_stds: dict[tuple[torch.device, int], torch.Tensor] = {}
+        # --streaming: this process's stream and its loader; the position a resumed run starts from.
+        self._stream: StreamingTrainSet | None = None
+        self._stream_loader: DataLoader | None = None
+        self._stream_resume_state: dict | None = None
 
     def create_accelerator_and_postprocess(self):
         """Trainer's accelerator; a CPU run launched with FSDP becomes one (:func:`.distributed.enable_fsdp_on_cpu`:
@@ -473,7 +481,80 @@ class CoTrainer(Trainer):
         if self.free_training and self.train_dataset is not None and isinstance(self.train_dataset, IterableDataset):
             raise ValueError("Free co-training replays the batches of a sampler: the training dataset must have a "
                              "length (not an IterableDataset).")
+        if isinstance(self.train_dataset, StreamingTrainSet):
+            return self._streaming_dataloader()
         return super().get_train_dataloader()
+
+    # -------------------------------------------------------------- streamed training data
+    def _streaming_dataloader(self) -> DataLoader:
+        """The loader of this process's part of a :class:`~hf_advsoup.data.StreamingTrainSet` (split across
+        processes with ``split_dataset_by_node``, endless, so every process has a batch at every step).
+
+        It is not passed through ``accelerator.prepare``, which would split the already split stream again (for a
+        ``datasets`` stream it shards it, else every process reads all of it and keeps its batches); the Trainer puts
+        the batches on the device. With loader workers it is torchdata's ``StatefulDataLoader`` when installed, so
+        that checkpoints record the workers' positions."""
+        stream = self.train_dataset.for_process(self.args.process_index, self.args.world_size)
+        workers = self.args.dataloader_num_workers
+        loader_class = DataLoader
+        if workers > 0:
+            try:
+                from torchdata.stateful_dataloader import StatefulDataLoader
+
+                loader_class = StatefulDataLoader
+            except ImportError:
+                logger.warning("--streaming with %d loader workers and no torchdata: checkpoints cannot record the "
+                               "workers' positions, so a resumed run reads the stream again from its start and skips "
+                               "the batches already trained (exact, but slow). pip install torchdata.", workers)
+        params: dict = {"batch_size": self._train_batch_size, "collate_fn": self.data_collator,
+                        "num_workers": workers, "pin_memory": self.args.dataloader_pin_memory}
+        if workers > 0:
+            params.update(persistent_workers=self.args.dataloader_persistent_workers,
+                          prefetch_factor=self.args.dataloader_prefetch_factor)
+        if workers > stream.num_shards:
+            logger.warning("--streaming: %d loader workers but %d shard(s) for this process: %d worker(s) will read "
+                           "nothing. Use at most %d workers, or a data set in more files.", workers, stream.num_shards,
+                           workers - stream.num_shards, stream.num_shards)
+        self._stream, self._stream_loader = stream, loader_class(stream, **params)
+        logger.info("Streaming training data, process %d of %d: %s.", self.args.process_index, self.args.world_size,
+                    stream.describe())
+        return self._stream_loader
+
+    def _stream_checkpoint_state(self) -> dict | None:
+        """This process's position in the stream (``None`` when it cannot be recorded: workers without torchdata)."""
+        if self._stream is None:
+            return None
+        if self.args.dataloader_num_workers == 0:
+            return {"dataset": self._stream.state_dict()}  # iterated in this process: its own state is the position
+        if hasattr(self._stream_loader, "state_dict"):
+            return {"loader": self._stream_loader.state_dict()}
+        return None
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """Resuming mid-stream: the stream continues from the position the checkpoint recorded for this process
+        (nothing is read again). Without one (workers without torchdata, another number of processes), Trainer's
+        skip: the stream is read again from its start and ``num_batches`` batches are dropped."""
+        state = self._stream_resume_state if isinstance(self.train_dataset, StreamingTrainSet) else None
+        if state is not None and "dataset" in state and self.args.dataloader_num_workers == 0:
+            self._stream.load_state_dict(state["dataset"])
+            return dataloader
+        if state is not None and "loader" in state and hasattr(dataloader, "load_state_dict"):
+            dataloader.load_state_dict(state["loader"])
+            return dataloader
+        if isinstance(self.train_dataset, StreamingTrainSet):
+            logger.warning("The checkpoint holds no stream position for process %d of %d (or not one this loader "
+                           "can use): reading the stream again from its start and skipping %d batches.",
+                           self.args.process_index, self.args.world_size, num_batches)
+        return super().get_resumed_dataloader(dataloader, num_batches)
+
+    def _load_stream_state(self, folder: str) -> None:
+        self._stream_resume_state = None
+        if not isinstance(self.train_dataset, StreamingTrainSet):
+            return
+        path = os.path.join(folder, STREAM_STATE_NAME.format(process=self.args.process_index,
+                                                             processes=self.args.world_size))
+        if os.path.isfile(path):
+            self._stream_resume_state = torch.load(path, weights_only=True)
 
     def set_initial_training_values(self, args, dataloader):
         """Trainer's run length; in free co-training with an epoch budget (``max_steps <= 0``), ``max_steps``
@@ -507,7 +588,15 @@ class CoTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_scheduler is None and self.args.warmup_epochs is not None:
-            dataset_size = len(self.train_dataset) if self.train_dataset is not None else 0
+            if self.train_dataset is not None and not has_length(self.train_dataset):
+                dataset_size = getattr(self.train_dataset, "num_examples", None)
+                if dataset_size is None and self.args.warmup_epochs > 0:
+                    raise ValueError("warmup_epochs needs the size of the training set, which this stream does not "
+                                     "declare: give the warm-up in optimizer steps (--warmup_steps N) and leave "
+                                     "warmup_epochs out (or --warmup_epochs 0).")
+                dataset_size = dataset_size or 0
+            else:
+                dataset_size = len(self.train_dataset) if self.train_dataset is not None else 0
             steps_per_epoch = max(math.ceil(dataset_size / self.args.global_train_batch_size), 1)
             self.lr_scheduler = get_scheduler(
                 self.args.lr_scheduler_type,
@@ -617,22 +706,30 @@ class CoTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         """Trainer's checkpoint, written only after the deferred step checks pass (a non-finite loss is never
-        checkpointed), with the perturbations of free co-training (:func:`save_free_state`, one file per process,
-        written before Trainer's ``trainer_state.json`` marks the checkpoint complete)."""
+        checkpointed), with the perturbations of free co-training (:func:`save_free_state`) and the position in a
+        streamed training set (:data:`STREAM_STATE_NAME`), one file per process each, written before Trainer's
+        ``trainer_state.json`` marks the checkpoint complete."""
         self._raise_on_failed_checks()
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.free_training and self._free_batches:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             save_free_state(free_state_file(folder, self.args.process_index, self.args.world_size),
                             self._free_batches, global_step=self.state.global_step, replays=self.args.free_replays)
+        stream_state = self._stream_checkpoint_state()
+        if stream_state is not None:
+            os.makedirs(folder, exist_ok=True)
+            torch.save(stream_state, os.path.join(folder, STREAM_STATE_NAME.format(
+                process=self.args.process_index, processes=self.args.world_size)))
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Resume: the checkpoint's weights (with the key conversion, see :meth:`_load_checkpoint_weights`), its
-        EMA and, in free co-training, this process's perturbations."""
+        EMA and, in free co-training, this process's perturbations; with a streamed training set, this process's
+        position in it (used by :meth:`get_resumed_dataloader`)."""
         if not self._load_checkpoint_weights(resume_from_checkpoint, model):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._load_checkpoint_ema(resume_from_checkpoint)
         self._load_free_state(resume_from_checkpoint)
+        self._load_stream_state(resume_from_checkpoint)
 
     def _load_free_state(self, folder: str) -> None:
         self._free_batches = {}
@@ -698,6 +795,7 @@ class CoTrainer(Trainer):
                              "are told apart by the optimizer step, which must match the data loader's position.")
         self.checks = StepChecks()
         self._free_batches, self._free_pending, self._rng_position = {}, [], None
+        self._stream_resume_state = None
         output = super().train(resume_from_checkpoint=checkpoint, trial=trial,
                                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         monitor = self.overfitting_monitor
