@@ -28,6 +28,9 @@ Rows (each one ``ok``/``fail``/a number, or ``skipped: no GPU`` where a number o
   inside the ball.
 - **no host sync**: a PGD-2 and a free ``training_step`` under ``torch.cuda.set_sync_debug_mode("error")`` (CPU:
   counting ``Tensor.item``/``tolist``/``__bool__``/``__float__``/``__int__`` calls instead).
+- **loader workers**: one data-loader worker's images/s on ImageNet-size JPEG files at 224 px (decode, random
+  resized crop, flip, normalise; ``benchmarks/benchmark_data.py``, on this machine's CPU) and the number of workers
+  the measured PGD-2 step needs: ``ceil(step images/s / worker images/s)``, compared with the machine's cores.
 - **FSDP**: ``python -m accelerate.commands.launch --config_file scripts/accelerate/fsdp.yaml scripts/cotrain.py``
   (this interpreter's accelerate) for a few steps of a tiny model, on 2 processes (one per GPU up to 2; without a
   GPU, 2 CPU processes with gloo, so ``--smoke`` runs real FSDP): ``ok`` when every process trained with FSDP and
@@ -315,6 +318,26 @@ def check_compile(args, device) -> str:
            f"(backend {args.compile_backend})"
 
 
+def loader_workers(args, step_images_per_s: float) -> str:
+    """How many data-loader workers feed the measured PGD-2 step: one worker's rate on ImageNet-size JPEG files at
+    224 px (decode, random resized crop, flip, normalise; ``benchmarks/benchmark_data.py``), measured on this
+    machine's CPU, against the step's images/s."""
+    from benchmark_data import benchmark_jpeg_worker, workers_needed
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a loader worker runs one thread
+    try:
+        worker = benchmark_jpeg_worker(8 if args.smoke else 64, 224, repeats=1 if args.smoke else 2)
+    finally:
+        torch.set_num_threads(threads)
+    rate = worker["transform_images_per_s"]
+    workers = workers_needed(step_images_per_s, rate)
+    cores = os.cpu_count() or 1
+    verdict = "fits" if workers < cores else "does NOT fit"
+    return (f"{workers} worker{'s' if workers > 1 else ''} for {step_images_per_s:,.0f} images/s at {rate:,.0f} images/s per worker (224 px JPEG "
+            f"decode + crop + flip, measured here); {verdict} this machine's {cores} cores")
+
+
 FSDP_TRAINING = [
     "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--intermediate_size", "64",
     "--image_size", "16", "--max_steps", "3", "--max_train_samples", "64", "--max_eval_samples", "16",
@@ -436,6 +459,7 @@ def run(args) -> list[tuple[str, str]]:
             rows.append((f"{mode} step", f"{1 / seconds[mode]:.2f} steps/s ({seconds[mode] * 1e3:.1f} ms), "
                                          f"{FLOPS_PER_STEP[mode] * flops / seconds[mode] / 1e12:.1f} TFLOP/s, {mfu}"))
         rows.append(("step time ratio PGD-2/nominal", f"{seconds['pgd2'] / seconds['nominal']:.2f}x (FLOPs 3.33x)"))
+        rows.append(("loader workers for the PGD-2 step", loader_workers(args, args.batch_size / seconds["pgd2"])))
         rows.append(("step time ratio free/nominal", f"{seconds['free'] / seconds['nominal']:.2f}x (FLOPs 2x; "
                                                      "target <= 2.3x)"))
         memory = {mode: peak_memory(args, mode, tmp, device) for mode in MODES}

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ROWS = (
     "nominal step", "pgd2 step", "free step", "step time ratio PGD-2/nominal", "step time ratio free/nominal",
-    "peak memory", "SDPA vs eager attention", "torch.compile", "bf16 attack", "no host sync",
+    "peak memory", "loader workers for the PGD-2 step", "SDPA vs eager attention", "torch.compile", "bf16 attack", "no host sync",
     "FSDP (accelerate launch",
 )
 
@@ -39,4 +39,6 @@ def test_gpu_check_smoke_runs_every_row_on_cpu():
     fsdp = results["FSDP (accelerate launch, fsdp.yaml)"]
     assert fsdp.startswith("ok: 3 steps on 2 CPU processes, FSDP2") and "AdvSoupViTLayer" in fsdp, fsdp
     assert fsdp.endswith("parameters sharded") and "/" in fsdp
+    workers = results["loader workers for the PGD-2 step"]
+    assert " for " in workers and "images/s per worker (224 px JPEG" in workers, workers
     assert "steps/s" in results["free step"] and "MFU n/a (skipped: no GPU)" in results["free step"]

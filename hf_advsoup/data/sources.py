@@ -119,15 +119,14 @@ def _load_local(path: str, cache_dir: str | None, split: str | None = None,
     has_parquet = any(name.endswith(".parquet") for _, _, files in os.walk(path) for name in files)
     builder = "parquet" if has_parquet else "imagefolder"
     data_files = _local_split_files(builder, path, split, cache_dir) if single_split else None
-    if data_files is not None:
-        return _as_dataset_dict(datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir)), builder
-    loaded = _as_dataset_dict(datasets.load_dataset(builder, data_dir=path, cache_dir=cache_dir))
+    where = {"data_files": data_files} if data_files is not None else {"data_dir": path}
+    loaded = _as_dataset_dict(datasets.load_dataset(builder, **where, cache_dir=cache_dir))
     if builder == "imagefolder" and all(ds.column_names == ["image"] for ds in loaded.values()):
         # datasets drops the labels of an image folder whose images all sit in one folder. Keep them: the label is
         # that folder's name (one class), which evaluation can match against a model's classes and training
         # rejects with "found 1 class" instead of "could not detect the label column".
         loaded = _as_dataset_dict(
-            datasets.load_dataset(builder, data_dir=path, cache_dir=cache_dir, drop_labels=False)
+            datasets.load_dataset(builder, **where, cache_dir=cache_dir, drop_labels=False)
         )
     return loaded, builder
 
