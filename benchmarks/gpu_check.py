@@ -334,8 +334,9 @@ def loader_workers(args, step_images_per_s: float) -> str:
     workers = workers_needed(step_images_per_s, rate)
     cores = os.cpu_count() or 1
     verdict = "fits" if workers < cores else "does NOT fit"
-    return (f"{workers} worker{'s' if workers > 1 else ''} for {step_images_per_s:,.0f} images/s at {rate:,.0f} images/s per worker (224 px JPEG "
-            f"decode + crop + flip, measured here); {verdict} this machine's {cores} cores")
+    plural = "s" if workers > 1 else ""
+    return (f"{workers} worker{plural} for {step_images_per_s:,.0f} images/s at {rate:,.0f} images/s per worker "
+            f"(224 px JPEG decode + crop + flip, measured here); {verdict} this machine's {cores} cores")
 
 
 FSDP_TRAINING = [

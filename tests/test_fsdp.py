@@ -10,8 +10,9 @@ Checked, for fp32 and for FSDP's bf16 mixed precision:
 - the logged losses and the final (EMA) weights equal those of one process with the same global batch (fp32: to float
   rounding; bf16: the losses within 0.002 and the weights' update within 15% of the fp32 one-process run's), and both
   tokens moved;
-- a sharded checkpoint (``SHARDED_STATE_DICT``: one ``.distcp`` file per process, no whole weights) written at step 2
-  resumes, in a new launch, to the uninterrupted run's losses and weights;
+- a checkpoint written at step 2 resumes, in a new launch, to the uninterrupted run's losses and weights: a sharded
+  one (``SHARDED_STATE_DICT``: one ``.distcp`` file per process, no whole weights) in the fp32 run, ``fsdp.yaml``'s
+  own ``FULL_STATE_DICT`` in the bf16 run;
 - the saved model is whole: ``from_pretrained`` loads it, its remote code is the model's own (``auto_map`` names
   ``modeling_advsoup``, not FSDP's generated class), its soups and ``export_soup`` agree, the attack runs on it, and
   the soup table that ``scripts/cotrain.py`` computed on the sharded model (every process attacking the same images)
@@ -49,11 +50,12 @@ def one_process(tmp_path_factory):
     return out
 
 
-def fsdp_launch(tmp_path: Path, name: str, precision: str, *extra: str) -> tuple[Path, list[dict]]:
+def fsdp_launch(tmp_path: Path, name: str, precision: str, state_dict_type: str,
+                *extra: str) -> tuple[Path, list[dict]]:
     out, report = tmp_path / name, tmp_path / f"{name}-report"
     launch = ["--config_file", FSDP_CONFIG, "--num_processes", "2", "--num_machines", "1", "--main_process_port",
               str(free_port()), "--mixed_precision", precision, "--dynamo_backend", "no",
-              "--fsdp_state_dict_type", "SHARDED_STATE_DICT"]
+              "--fsdp_state_dict_type", state_dict_type]
     script = ["--output_dir", str(out), "--per_device_train_batch_size", "8", "--save_strategy", "steps",
               "--save_steps", "2", *RUN, *(["--bf16", "true"] if precision == "bf16" else []), *extra]
     accelerate_launch(launch, script, report)
@@ -71,12 +73,13 @@ def initial_weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
-@pytest.mark.parametrize("precision", ["no", "bf16"])
-def test_fsdp_on_two_cpu_processes(tmp_path, one_process, precision):
+# fp32 with sharded checkpoints, bf16 with fsdp.yaml's own full ones: each checkpoint kind is resumed once.
+@pytest.mark.parametrize("precision, state_dict_type", [("no", "SHARDED_STATE_DICT"), ("bf16", "FULL_STATE_DICT")])
+def test_fsdp_on_two_cpu_processes(tmp_path, one_process, precision, state_dict_type):
     if precision == "bf16" and not torch.backends.mkldnn.is_available():
         pytest.skip("bf16 on this CPU: torch has no oneDNN here")
     bf16 = precision == "bf16"
-    out, ranks = fsdp_launch(tmp_path, "fsdp", precision)
+    out, ranks = fsdp_launch(tmp_path, "fsdp", precision, state_dict_type)
 
     # ---- really sharded, on both processes
     assert [r["process_index"] for r in ranks] == [0, 1]
@@ -126,13 +129,17 @@ def test_fsdp_on_two_cpu_processes(tmp_path, one_process, precision):
         assert moved > 1e-3, (token, float(moved))  # the tokens were updated (a step is about 3e-3 here)
     assert not torch.allclose(weights["vit.embeddings.cls_token"], weights["vit.embeddings.adversarial_cls_token"])
 
-    # ---- a sharded checkpoint, resumed in a new launch, continues the same run
+    # ---- a checkpoint, resumed in a new launch, continues the same run
     checkpoint = out / "checkpoint-2"
-    shards = sorted(path.name for path in (checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))
-    assert len(shards) == 2, shards  # one file per process
-    assert not (checkpoint / "model.safetensors").exists()  # no whole weights in a sharded checkpoint
+    if state_dict_type == "SHARDED_STATE_DICT":
+        shards = sorted(path.name for path in (checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))
+        assert len(shards) == 2, shards  # one file per process
+        assert not (checkpoint / "model.safetensors").exists()  # no whole weights in a sharded checkpoint
+    else:
+        assert (checkpoint / "pytorch_model_fsdp.bin").is_file() and (checkpoint / "model.safetensors").is_file()
     assert (checkpoint / "ema.safetensors").is_file()
-    resumed, resumed_ranks = fsdp_launch(tmp_path, "resumed", precision, "--resume_from_checkpoint", str(checkpoint))
+    resumed, resumed_ranks = fsdp_launch(tmp_path, "resumed", precision, state_dict_type, "--resume_from_checkpoint",
+                                         str(checkpoint))
     assert all(r["distributed_type"] == "FSDP" and r["global_step"] == STEPS for r in resumed_ranks)
     after = logged_losses(resumed)  # steps 1-2 come from the checkpoint's trainer_state.json, 3-4 were trained
     assert sorted(after) == list(range(1, STEPS + 1))

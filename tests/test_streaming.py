@@ -197,9 +197,9 @@ def without(flags: list[str], name: str) -> list[str]:
 
 def streaming_run(folder, *extra: str) -> list[str]:
     # A stream has no --max_train_samples (its length is --max_steps); the rest is the tiny run of the other tests.
-    return [*without(TINY, "--max_train_samples"), "--dataset_name", str(folder), "--streaming", "true", "--shuffle_buffer_size", "0",
-            "--random_resized_crop", "true", "--horizontal_flip", "true", "--save_strategy", "steps",
-            "--save_steps", "3", "--soup_table", "false", *extra]
+    return [*without(TINY, "--max_train_samples"), "--dataset_name", str(folder), "--streaming", "true",
+            "--shuffle_buffer_size", "0", "--random_resized_crop", "true", "--horizontal_flip", "true",
+            "--save_strategy", "steps", "--save_steps", "3", "--soup_table", "false", *extra]
 
 
 def test_streaming_cotrain_one_process_resumes_exactly(parquet_folder, tmp_path):

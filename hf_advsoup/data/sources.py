@@ -303,8 +303,8 @@ def _load_source(
 
     ``single_split`` restricts a Hub load to ``split`` (``None``: :func:`_default_eval_split`) and downloads
     nothing else, a local parquet or image folder to that split's files, and an IDX load to that split's files;
-    other local data and the embedded preset are loaded whole (they are already on disk). ``validation_fraction`` (falsy: the preset's) and ``split_seed`` only shape the
-    embedded digits' split.
+    other local data and the embedded preset are loaded whole (they are already on disk). ``validation_fraction``
+    (falsy: the preset's) and ``split_seed`` only shape the embedded digits' split.
 
     Raises:
         FileNotFoundError: ``name`` looks like a path that does not exist; a preset's environment variable names a

@@ -7,7 +7,8 @@
 * :mod:`.ema`: the EMA of the weights and its callback;
 * :mod:`.callbacks`: the training transform's epoch and the catastrophic-overfitting monitor;
 * :mod:`.step_checks`: the per-step checks kept on the device, and the non-finite loss error;
-* :mod:`.checkpoints`: which checkpoint to resume from, corrupt weight files.
+* :mod:`.checkpoints`: which checkpoint to resume from, corrupt weight files;
+* :mod:`.distributed`: FSDP on CPU processes, FSDP2's initialisation before attacks, what a run is sharded like.
 
 ``hf_advsoup.trainer`` re-exports all of it (the import path of earlier versions).
 """

@@ -24,10 +24,10 @@ Differences from :class:`~transformers.Trainer`:
   micro-batch, process index)``, and the per-image crops and flips of the training transform
   (:class:`hf_advsoup.data.ImageClassificationTransform`) from one seeded by ``(data_seed or seed, epoch, image)``
   (:class:`TransformEpochCallback`), so ``--resume_from_checkpoint`` repeats them exactly, also mid-epoch.
-- **Checkpoints** (:mod:`.checkpoints`): ``resume_from_checkpoint`` accepts ``True``/``"true"``/``"latest"`` (the last complete
-  ``checkpoint-N`` of ``output_dir``); checkpoints and the best model of ``load_best_model_at_end`` are reloaded
-  through ``from_pretrained`` (ViT's checkpoint key conversion) with their EMA; a truncated weights file is named
-  (:class:`CorruptCheckpointError`).
+- **Checkpoints** (:mod:`.checkpoints`): ``resume_from_checkpoint`` accepts ``True``/``"true"``/``"latest"`` (the
+  last complete ``checkpoint-N`` of ``output_dir``); checkpoints and the best model of ``load_best_model_at_end`` are
+  reloaded through ``from_pretrained`` (ViT's checkpoint key conversion) with their EMA; a truncated weights file is
+  named (:class:`CorruptCheckpointError`).
 - **EMA** of the weights (:class:`WeightEMA`, ``ema_decay``): evaluation and :meth:`CoTrainer.save_model` use the EMA
   weights; checkpoints keep the raw weights (``model.safetensors``) and the EMA (``ema.safetensors``) for resuming.
 - **Monitoring**: evaluation logs ``eval_clean_accuracy`` (clean mode, ``beta=1``, whole evaluation set) and
@@ -39,6 +39,11 @@ Differences from :class:`~transformers.Trainer`:
   next log, save or evaluation.
 - **Weight decay** follows MAE: none on biases, LayerNorms, classification tokens and position embeddings; both
   copies of an adapter always get the same treatment.
+- **FSDP** (:mod:`.distributed`): a CPU run launched with FSDP becomes one (accelerate enables FSDP on accelerators
+  only); FSDP2 is initialised before the first attack (whose frozen weights would leave its gradient dtypes unset);
+  the saved model is whole and keeps its own class for the remote code; the EMA follows the shards.
+- **Streaming** (:class:`hf_advsoup.data.StreamingTrainSet`): the loader of this process's part of the stream
+  (not re-split by accelerate), its position saved per process in checkpoints and restored on resume.
 """
 
 from __future__ import annotations
@@ -689,7 +694,8 @@ class CoTrainer(Trainer):
         if _internal_call:
             return super().save_model(output_dir, _internal_call)
         with self.ema_weights():
-            if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+            state_dict_type = str(getattr(getattr(self.accelerator.state, "fsdp_plugin", None), "state_dict_type", ""))
+            if self.is_fsdp_enabled and "FULL_STATE_DICT" not in state_dict_type:
                 # Trainer writes no weights under FSDP's sharded state dicts; the model a user loads is whole (the
                 # checkpoints stay sharded): every process gathers, the main one writes.
                 self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
