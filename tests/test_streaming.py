@@ -81,6 +81,27 @@ def test_streaming_layout_columns_classes_and_evaluation_split(parquet_folder):
     assert example["pixel_values"].min() >= -1 and example["pixel_values"].max() <= 1  # normalised with 0.5/0.5
 
 
+@pytest.mark.parametrize("kind", ["imagefolder", "save_to_disk"])
+def test_image_folders_and_save_to_disk_folders_stream_too(parquet_folder, tmp_path, kind):
+    source = datasets.load_dataset("parquet", data_dir=str(parquet_folder))
+    folder = tmp_path / kind
+    if kind == "imagefolder":
+        for split, ds in source.items():
+            for index, row in enumerate(ds):
+                path = folder / split / ds.features["fine_label"].names[row["fine_label"]] / f"{index}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                row["img"].save(path)
+    else:
+        source.save_to_disk(str(folder))
+    loaded = stream(folder, buffer=4)
+    train = loaded["train"]
+    assert train.features["label"].names == ["a", "b", "c", "d"] and len(loaded["validation"]) == VALIDATION
+    assert loaded.report.source.startswith(f"local:{kind}:")
+    assert len(raw_pass(train)) == TRAIN  # one pass reads every training image once
+    example = next(iter(train))
+    assert example["pixel_values"].shape == (3, 8, 8) and example["labels"] in range(CLASSES)
+
+
 @pytest.mark.parametrize("world_size, strategy", [(2, "shards"), (3, "examples")])
 def test_processes_read_disjoint_parts_that_make_up_the_data(parquet_folder, world_size, strategy):
     train = stream(parquet_folder, buffer=8)["train"]
