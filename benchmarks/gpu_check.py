@@ -28,8 +28,13 @@ Rows (each one ``ok``/``fail``/a number, or ``skipped: no GPU`` where a number o
   inside the ball.
 - **no host sync**: a PGD-2 and a free ``training_step`` under ``torch.cuda.set_sync_debug_mode("error")`` (CPU:
   counting ``Tensor.item``/``tolist``/``__bool__``/``__float__``/``__int__`` calls instead).
-- **FSDP**: ``accelerate launch --config_file scripts/accelerate/fsdp.yaml --num_processes 1 scripts/cotrain.py``
-  for a few steps of a tiny model, in a subprocess: ``ok`` when it trains with FSDP enabled.
+- **loader workers**: one data-loader worker's images/s on ImageNet-size JPEG files at 224 px (decode, random
+  resized crop, flip, normalise; ``benchmarks/benchmark_data.py``, on this machine's CPU) and the number of workers
+  the measured PGD-2 step needs: ``ceil(step images/s / worker images/s)``, compared with the machine's cores.
+- **FSDP**: ``python -m accelerate.commands.launch --config_file scripts/accelerate/fsdp.yaml scripts/cotrain.py``
+  (this interpreter's accelerate) for a few steps of a tiny model, on 2 processes (one per GPU up to 2; without a
+  GPU, 2 CPU processes with gloo, so ``--smoke`` runs real FSDP): ``ok`` when every process trained with FSDP and
+  a sharded model (``AdvSoupViTLayer`` units, ``DTensor`` parameters).
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -314,49 +318,102 @@ def check_compile(args, device) -> str:
            f"(backend {args.compile_backend})"
 
 
+def loader_workers(args, step_images_per_s: float) -> str:
+    """How many data-loader workers feed the measured PGD-2 step: one worker's rate on ImageNet-size JPEG files at
+    224 px (decode, random resized crop, flip, normalise; ``benchmarks/benchmark_data.py``), measured on this
+    machine's CPU, against the step's images/s."""
+    from benchmark_data import benchmark_jpeg_worker, workers_needed
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a loader worker runs one thread
+    try:
+        worker = benchmark_jpeg_worker(8 if args.smoke else 64, 224, repeats=1 if args.smoke else 2)
+    finally:
+        torch.set_num_threads(threads)
+    rate = worker["transform_images_per_s"]
+    workers = workers_needed(step_images_per_s, rate)
+    cores = os.cpu_count() or 1
+    verdict = "fits" if workers < cores else "does NOT fit"
+    plural = "s" if workers > 1 else ""
+    return (f"{workers} worker{plural} for {step_images_per_s:,.0f} images/s at {rate:,.0f} images/s per worker "
+            f"(224 px JPEG decode + crop + flip, measured here); {verdict} this machine's {cores} cores")
+
+
 FSDP_TRAINING = [
     "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--intermediate_size", "64",
     "--image_size", "16", "--max_steps", "3", "--max_train_samples", "64", "--max_eval_samples", "16",
-    "--per_device_train_batch_size", "16", "--robust_eval_samples", "0", "--eval_strategy", "no",
-    "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+    "--per_device_train_batch_size", "8", "--robust_eval_samples", "0", "--eval_strategy", "no",
+    "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--dataset_name", "digits",
+    "--soup_table", "false",
 ]
 """A tiny co-training run on the embedded digits (offline) for the FSDP launch."""
 
 
+def fsdp_processes(args) -> int:
+    """Processes of the FSDP row: 2 CPU processes without a GPU (gloo), else one per GPU up to 2."""
+    return min(torch.cuda.device_count(), 2) if use_gpu(args) else 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def check_fsdp(args) -> str:
-    """``accelerate launch`` with scripts/accelerate/fsdp.yaml on one process: trains with FSDP enabled?"""
+    """``accelerate launch`` with scripts/accelerate/fsdp.yaml (run by this interpreter, not an ``accelerate`` found on
+    PATH): a few co-training steps, ``ok`` when every process trained with FSDP and a sharded model (FSDP units
+    including ``AdvSoupViTLayer``, ``DTensor`` parameters). Without a GPU it runs 2 CPU processes (gloo)."""
     if args.skip_fsdp:
         return "skipped (--skip_fsdp)"
-    if shutil.which("accelerate") is None:
-        return "fail: the accelerate CLI is not installed"
+    gpu = use_gpu(args)
+    processes = fsdp_processes(args)
     with tempfile.TemporaryDirectory() as tmp:
-        command = ["accelerate", "launch", "--config_file", str(ROOT / "scripts" / "accelerate" / "fsdp.yaml"),
-                   "--num_processes", "1", os.path.abspath(__file__), "--_fsdp_child", "--output_dir",
-                   os.path.join(tmp, "run"), *FSDP_TRAINING]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(ROOT / "scripts" / "accelerate" / "fsdp.yaml"), "--num_processes", str(processes),
+                   "--num_machines", "1", "--main_process_port", str(_free_port()), "--dynamo_backend", "no",
+                   os.path.abspath(__file__), "--_fsdp_child", "--output_dir", os.path.join(tmp, "run"),
+                   *FSDP_TRAINING]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        if not use_gpu(args):
-            command[2:2] = ["--mixed_precision", "no"]
+        if not gpu:
+            # CPU processes with gloo: CoTrainer applies the launch's FSDP plugin (accelerate alone enables FSDP on
+            # accelerators only, hf_advsoup/training/distributed.py).
+            command[3:3] = ["--mixed_precision", "no"]
+            command.append("--use_cpu")
+            env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
         try:
             result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
             return "fail: no result after 300 s"
-    report = [line for line in result.stdout.splitlines() if line.startswith("FSDP_CHECK ")]
+    report = [json.loads(line[len("FSDP_CHECK "):]) for line in result.stdout.splitlines()
+              if line.startswith("FSDP_CHECK ")]
     if result.returncode != 0 or not report:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"fail (exit {result.returncode}): {tail[0][:120]}"
-    info = json.loads(report[-1][len("FSDP_CHECK "):])
-    if not use_gpu(args):
-        # Without a GPU, accelerate turns the FSDP config into a plain one-process run: the launch, the config and
-        # the training script are exercised, FSDP itself is not.
-        return f"{SKIPPED} (the launch with fsdp.yaml trained {info['steps']} steps; accelerate enables FSDP on GPUs)"
-    if not info["fsdp"]:
-        return f"fail: trained {info['steps']} steps without FSDP ({info['wrapped']})"
-    return f"ok: {info['steps']} steps, FSDP enabled ({info['wrapped']}), version {info['version']}"
+    where = f"{processes} {'GPU' if gpu else 'CPU'} process{'es' if processes > 1 else ''}"
+    problems = [f"process {info['process']}: {problem}" for info in report for problem in (
+        (["trained without FSDP"] if not info["fsdp"] else [])
+        + (["no AdvSoupViTLayer unit"] if "FSDPAdvSoupViTLayer" not in info["units"] else [])
+        + ([f"{info['dtensor']}/{info['parameters']} parameters are DTensors"]
+           if processes > 1 and info["dtensor"] != info["parameters"] else []))]
+    if len(report) != processes:
+        problems.append(f"{len(report)} of {processes} processes reported")
+    if problems:
+        return f"fail ({where}): " + "; ".join(problems)
+    info = report[0]
+    return (f"ok: {info['steps']} steps on {where}, FSDP{info['version']}, {len(info['units'])} units "
+            f"({', '.join(sorted(set(info['units'])))}), {info['dtensor']}/{info['parameters']} parameters "
+            f"sharded")
 
 
 def fsdp_child(args) -> None:
-    """Runs inside ``accelerate launch``: scripts/cotrain.py's main(), reporting whether FSDP wrapped the model."""
+    """Runs inside ``accelerate launch``: scripts/cotrain.py's main(); every process reports whether FSDP sharded
+    its model (:func:`hf_advsoup.training.distributed.sharding_report`)."""
     import importlib.util
+
+    from hf_advsoup.training.distributed import sharding_report
 
     spec = importlib.util.spec_from_file_location("cotrain", ROOT / "scripts" / "cotrain.py")
     cotrain = importlib.util.module_from_spec(spec)
@@ -367,9 +424,11 @@ def fsdp_child(args) -> None:
     def train(self, *a, **k):
         output = original(self, *a, **k)
         plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        sharding = sharding_report(self.model_wrapped)
         print("FSDP_CHECK " + json.dumps({
-            "fsdp": bool(self.is_fsdp_enabled), "steps": self.state.global_step,
-            "wrapped": type(self.model_wrapped).__name__,
+            "process": self.accelerator.process_index, "fsdp": bool(self.is_fsdp_enabled),
+            "steps": self.state.global_step, "units": sharding["fsdp_units"], "dtensor": sharding["dtensor"],
+            "parameters": sharding["parameters"],
             "version": getattr(plugin, "fsdp_version", None) if plugin is not None else None,
         }), flush=True)
         return output
@@ -401,6 +460,7 @@ def run(args) -> list[tuple[str, str]]:
             rows.append((f"{mode} step", f"{1 / seconds[mode]:.2f} steps/s ({seconds[mode] * 1e3:.1f} ms), "
                                          f"{FLOPS_PER_STEP[mode] * flops / seconds[mode] / 1e12:.1f} TFLOP/s, {mfu}"))
         rows.append(("step time ratio PGD-2/nominal", f"{seconds['pgd2'] / seconds['nominal']:.2f}x (FLOPs 3.33x)"))
+        rows.append(("loader workers for the PGD-2 step", loader_workers(args, args.batch_size / seconds["pgd2"])))
         rows.append(("step time ratio free/nominal", f"{seconds['free'] / seconds['nominal']:.2f}x (FLOPs 2x; "
                                                      "target <= 2.3x)"))
         memory = {mode: peak_memory(args, mode, tmp, device) for mode in MODES}
@@ -418,7 +478,7 @@ def run(args) -> list[tuple[str, str]]:
     rows.append(("torch.compile, free co-training step", check_compile(args, device)))
     rows.append(("bf16 attack: eps-ball, [0, 1], 1/255 step, fp32 free delta", check_bf16_attack(args, device)))
     rows.append(("no host sync in a training step", check_no_host_sync(args, device)))
-    rows.append(("FSDP config, 1 process (accelerate launch)", check_fsdp(args)))
+    rows.append(("FSDP (accelerate launch, fsdp.yaml)", check_fsdp(args)))
     return rows
 
 

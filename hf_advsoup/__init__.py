@@ -34,7 +34,7 @@ _LAZY = {
              "set_image_transforms", "to_rgb"],
     "augmentation": ["AugmentationArguments", "BatchAugmenter"],
     "training_args": ["CoTrainingArguments"],
-    "trainer": ["CoTrainer", "EMACallback", "CatastrophicOverfittingCallback", "NonFiniteLossError"],
+    "training": ["CoTrainer", "EMACallback", "CatastrophicOverfittingCallback", "NonFiniteLossError"],
     "soups": ["SoupEvaluationArguments", "SoupEvaluation", "evaluate_soups", "select_soups"],
     "selection": ["AutoEvaluationArguments", "AutoSoupClassifier", "SelectorTrainer", "SelectorTrainingArguments",
                   "evaluate_auto_soup"],

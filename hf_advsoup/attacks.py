@@ -669,7 +669,7 @@ def linf_sign_step(delta: torch.Tensor, grad: torch.Tensor, step_size: float,
 
     ``bounds`` come from :func:`linf_bounds`; ``step_size`` is in [0, 1] pixel units. ``delta`` (fp32) is updated in
     place and returned; ``grad`` is overwritten with its sign (the caller's gradient buffer is not needed again).
-    Used by the PGD core and by free co-training (:class:`hf_advsoup.trainer.CoTrainer`), so both take the same step.
+    Used by the PGD core and by free co-training (:class:`hf_advsoup.training.CoTrainer`), so both take the same step.
     """
     delta = delta.add_(grad.sign_(), alpha=step_size)
     return torch.clamp(delta, bounds[0], bounds[1])

@@ -1,7 +1,7 @@
 """The catastrophic-overfitting rule (Figures 6 and 10 of the paper): when a monitored robust accuracy counts as a
 collapse.
 
-One rule, two users: :class:`hf_advsoup.trainer.CatastrophicOverfittingCallback` applies it during training, one
+One rule, two users: :class:`hf_advsoup.training.CatastrophicOverfittingCallback` applies it during training, one
 evaluation at a time, and the reproduction study (:mod:`hf_advsoup.study`) applies it after training to the
 robust accuracies a run logged. Both call :func:`is_collapse` with the threshold of :func:`collapse_min_best`, so
 the card of the study and the warning of the trainer cannot disagree.
@@ -47,7 +47,7 @@ class Collapse:
 def find_collapse(values: Sequence[float], *, drop: float = 0.5, min_best: float = 0.05,
                   num_labels: int | None = None) -> Collapse | None:
     """The first collapse in ``values`` (robust accuracies in evaluation order), exactly as
-    :class:`~hf_advsoup.trainer.CatastrophicOverfittingCallback` would have reported it during training, or
+    :class:`~hf_advsoup.training.CatastrophicOverfittingCallback` would have reported it during training, or
     ``None``."""
     threshold = collapse_min_best(min_best, num_labels)
     best: float | None = None

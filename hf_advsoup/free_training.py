@@ -1,4 +1,4 @@
-"""Free co-training: the pieces :class:`~hf_advsoup.trainer.CoTrainer` uses for ``train_attack="free"``.
+"""Free co-training: the pieces :class:`~hf_advsoup.training.CoTrainer` uses for ``train_attack="free"``.
 
 Free adversarial training (Shafahi et al., "Adversarial Training for Free!", NeurIPS 2019, Algorithm 1) replays each
 minibatch ``m`` times. Every replay is one ordinary training step whose backward also gives the gradient of the loss

@@ -1,4 +1,4 @@
-"""Arguments of adversarial co-training (:class:`~hf_advsoup.trainer.CoTrainer`).
+"""Arguments of adversarial co-training (:class:`~hf_advsoup.training.CoTrainer`).
 
 :class:`CoTrainingArguments` is a :class:`~transformers.TrainingArguments` subclass, parsed by
 :class:`~transformers.HfArgumentParser` from the command line or from YAML/JSON recipe files (see
@@ -25,7 +25,7 @@ field                       default here             paper (appendix A)
 ==========================  =======================  ======================================================
 
 ``train_attack="free"`` selects free co-training (Shafahi et al., "Adversarial Training for Free!", NeurIPS 2019;
-:class:`~hf_advsoup.trainer.CoTrainer`): each minibatch is replayed ``free_replays`` times and the perturbation
+:class:`~hf_advsoup.training.CoTrainer`): each minibatch is replayed ``free_replays`` times and the perturbation
 is updated from the gradient of the training step itself. ``num_train_epochs`` then counts the optimizer steps of a
 normal run of that many epochs; the data is passed about ``num_train_epochs / free_replays`` times (see
 ``docs/cotraining.md``).

@@ -279,7 +279,7 @@ def load_source_model(
     Extra ``kwargs`` go to ``from_pretrained`` (e.g. ``dtype``). The source keeps its own head here; see
     :func:`replace_head`.
     """
-    from .trainer import check_weight_files  # imported where used, like CoTrainer in run_transfer
+    from .training import check_weight_files  # imported where used, like CoTrainer in run_transfer
 
     check_weight_files(model_name_or_path)  # a truncated weights file is named, not "incomplete metadata"
     model = AdvSoupViTForImageClassification.from_pretrained(model_name_or_path, revision=revision, **kwargs)
@@ -643,13 +643,13 @@ def run_transfer(
         dataset_dict: an already loaded ``DatasetDict`` (canonical ``image``/``label`` columns) to reuse.
         source_model: an already loaded source (two adapter copies or one) to reuse; it is not modified.
 
-    Training runs through :class:`hf_advsoup.trainer.CoTrainer` (its loss with label smoothing, its EMA; no second
+    Training runs through :class:`hf_advsoup.training.CoTrainer` (its loss with label smoothing, its EMA; no second
     training loop). Evaluation uses the EMA weights, on ``validation`` and on ``test`` when present; the saved model
     (or LoRA adapter) holds the EMA weights too. Returns the :class:`TransferInfo` written next to the model, with
     the metrics.
     """
     from .data import collate_fn, load_image_dataset, set_image_transforms
-    from .trainer import CoTrainer
+    from .training import CoTrainer
 
     if float(training_args.alpha) != 1.0:
         raise ValueError(

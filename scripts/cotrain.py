@@ -11,6 +11,10 @@ Launch::
     # A recipe file (YAML or JSON; every field of the argument classes below), with command-line overrides.
     python scripts/cotrain.py scripts/configs/vit_s_cifar10.yaml --output_dir runs/cifar10 --alpha 0.4
 
+    # Stream the training split (a Hub id, a parquet or image folder) instead of loading it whole; --max_steps.
+    python scripts/cotrain.py scripts/configs/vit_b16_imagenet.yaml --streaming --max_steps 93900 \
+        --eval_strategy steps --eval_steps 313 --save_strategy steps --save_steps 313 --output_dir runs/in1k
+
     # More hardware: accelerate (one GPU, several GPUs, FSDP; see scripts/accelerate/ and docs/cotraining.md).
     accelerate launch --config_file scripts/accelerate/multi_gpu.yaml scripts/cotrain.py \
         scripts/configs/vit_b16_imagenet.yaml --output_dir runs/imagenet
@@ -71,6 +75,7 @@ from hf_advsoup.data import (
     collate_fn,
     find_preset,
     load_image_dataset,
+    load_streaming_dataset,
     set_image_transforms,
 )
 from hf_advsoup.hub_access import check_model_source
@@ -430,6 +435,20 @@ class RunStartCallback(TrainerCallback):
         save_run_arguments(args.output_dir, *self.groups)
 
 
+def check_streaming_arguments(training_args: CoTrainingArguments) -> None:
+    """``--streaming`` runs are counted in steps: the stream is read pass after pass without end (every process
+    always has a batch), so the run needs ``--max_steps`` and nothing can happen "every epoch"."""
+    if training_args.max_steps <= 0:
+        raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs in (ImageNet-1k's 300 "
+                         "epochs at a batch of 4096: --max_steps 93900).")
+    per_epoch = [f"--{name} epoch" for name in ("eval_strategy", "save_strategy", "logging_strategy")
+                 if str(getattr(training_args, name)).split(".")[-1].lower() == "epoch"]
+    if per_epoch:
+        raise ValueError(f"--streaming reads the data without epochs, so {', '.join(per_epoch)} would never happen: "
+                         "use steps (e.g. --eval_strategy steps --eval_steps 313 --save_strategy steps --save_steps 313, "
+                         "one ImageNet-1k epoch at a batch of 4096).")
+
+
 def save_run_arguments(output_dir: str, *groups) -> str:
     """Write every argument group of the run to ``output_dir/run_args.json`` (read by ``scripts/push_to_hub.py`` for
     the model card's training details; unlike ``training_args.bin`` it is plain JSON)."""
@@ -558,7 +577,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     keep_checkpoint_architecture(model_args)
     set_seed(training_args.seed)
 
-    dataset = load_image_dataset(data_args)
+    if data_args.streaming:
+        check_streaming_arguments(training_args)
+        data_seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        dataset = load_streaming_dataset(data_args, seed=data_seed)
+    else:
+        dataset = load_image_dataset(data_args)
     labels = dataset["train"].features["label"]
     id2label = {i: name for i, name in enumerate(labels.names)}
     preset = find_preset(data_args.dataset_name)  # a preset name or a preset's Hub id
@@ -612,10 +636,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("test", test_metrics)
         metrics.update(test_metrics)
     table = None
-    if training_args.soup_table and trainer.is_fsdp_enabled:
-        logger.warning("No soup table under FSDP (the model is sharded across processes): evaluate the saved model "
-                       "with scripts/evaluate_soups.py --betas 1 0.5 0.")
-    elif training_args.soup_table and trainer.is_world_process_zero():
+    # Under FSDP every process runs the table's forwards and attacks on the same images (each one gathers the
+    # sharded weights with the others); the main process prints and writes it.
+    if training_args.soup_table and (trainer.is_world_process_zero() or trainer.is_fsdp_enabled):
         split = "test" if "test" in dataset else "validation"
         command, why_not = soup_table_command(data_args, training_args, split, getattr(dataset, "report", None))
         table = print_soup_table(trainer, dataset[split], split, training_args, command, why_not)
@@ -691,8 +714,8 @@ def soup_table_command(data_args: DataArguments, training_args: CoTrainingArgume
 def print_soup_table(trainer: CoTrainer, data, split: str, training_args: CoTrainingArguments,
                      command: str | None = None, why_not: str = ""):
     """Evaluate the saved model's soups at beta 1, 0.5, 0 (:mod:`hf_advsoup.soup_table`), print the table and write
-    it to ``soup_table.md`` in the output folder, with ``command``: how to recompute it from the saved model, or
-    ``why_not`` (:func:`soup_table_command`)."""
+    it to ``soup_table.md`` in the output folder (the main process; under FSDP every process must call this), with
+    ``command``: how to recompute it from the saved model, or ``why_not`` (:func:`soup_table_command`)."""
     from torch.utils.data import DataLoader
 
     from hf_advsoup.attacks import Normalization
@@ -717,9 +740,10 @@ def print_soup_table(trainer: CoTrainer, data, split: str, training_args: CoTrai
         text += f"\n\nThe same table from the saved model (same images, batch, seed and threads): {command}"
     elif why_not:
         text += f"\n\nNo scripts/evaluate_soups.py command recomputes this table exactly: {why_not}."
-    print("\n" + text + "\n")
-    with open(os.path.join(training_args.output_dir, "soup_table.md"), "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
+    if trainer.is_world_process_zero():
+        print("\n" + text + "\n")
+        with open(os.path.join(training_args.output_dir, "soup_table.md"), "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
     return table
 
 

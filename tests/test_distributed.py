@@ -9,7 +9,6 @@ no batch augmentation (mixup pairs images inside a process's batch), no dropout 
 """
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -46,7 +45,6 @@ def free_port() -> int:
 FREE = ["--train_attack", "free", "--free_replays", "2", "--free_start", "zero", "--logging_steps", "1"]
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate CLI")
 @pytest.mark.parametrize("attack", ["pgd2", "free"])
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, attack):
     extra = FREE if attack == "free" else []
@@ -54,7 +52,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, at
                            *extra])
 
     command = [
-        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
         str(ROOT / "scripts" / "cotrain.py"), "--output_dir", str(tmp_path / "two"),
         "--per_device_train_batch_size", "8", *COMMON, *extra,

@@ -1,7 +1,8 @@
 """``benchmarks/gpu_check.py --smoke`` runs every row of the GPU check on a CPU (tiny shapes), so the script a GPU
 owner runs is known to work before anyone spends GPU time on it.
 
-SLOW-ish (~30-60 s on 2 cores): it trains tiny models in 3 modes, compiles one, and starts ``accelerate launch``.
+SLOW-ish (~1 min on 2 cores): it trains tiny models in 3 modes, compiles one, and runs FSDP on 2 CPU processes
+(``accelerate launch``).
 """
 
 import os
@@ -13,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ROWS = (
     "nominal step", "pgd2 step", "free step", "step time ratio PGD-2/nominal", "step time ratio free/nominal",
-    "peak memory", "SDPA vs eager attention", "torch.compile", "bf16 attack", "no host sync",
-    "FSDP config, 1 process",
+    "peak memory", "loader workers for the PGD-2 step", "SDPA vs eager attention", "torch.compile", "bf16 attack", "no host sync",
+    "FSDP (accelerate launch",
 )
 
 
@@ -34,5 +35,10 @@ def test_gpu_check_smoke_runs_every_row_on_cpu():
     assert results["no host sync in a training step"].startswith("ok: pgd2 ok, free ok")
     assert results["torch.compile, free co-training step"].startswith("ok: first step")
     assert results["peak memory ratios"] == "skipped: no GPU"
-    assert results["FSDP config, 1 process (accelerate launch)"].startswith("skipped: no GPU (the launch")
+    # The real thing on CPU: 2 processes, FSDP2, AdvSoupViTLayer units, every parameter a DTensor shard.
+    fsdp = results["FSDP (accelerate launch, fsdp.yaml)"]
+    assert fsdp.startswith("ok: 3 steps on 2 CPU processes, FSDP2") and "AdvSoupViTLayer" in fsdp, fsdp
+    assert fsdp.endswith("parameters sharded") and "/" in fsdp
+    workers = results["loader workers for the PGD-2 step"]
+    assert " for " in workers and "images/s per worker (224 px JPEG" in workers, workers
     assert "steps/s" in results["free step"] and "MFU n/a (skipped: no GPU)" in results["free step"]

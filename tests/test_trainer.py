@@ -16,7 +16,8 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerControl, TrainerState
 
-import hf_advsoup.trainer as trainer_module
+import hf_advsoup.trainer as trainer_module  # the earlier import path, kept working
+import hf_advsoup.training.trainer as cotrainer_module  # where CoTrainer looks its names up
 from hf_advsoup import ADAPTER_TYPES, AdvSoupViTConfig, AdvSoupViTForImageClassification
 from hf_advsoup.attacks import Normalization
 from hf_advsoup.augmentation import AugmentationArguments, BatchAugmenter
@@ -119,7 +120,7 @@ def test_loss_equals_eq2_by_hand_with_fixed_perturbation(tmp_path, monkeypatch, 
         calls.append((attacked, labels.clone(), dict(forward_kwargs), config))
         return pixel_values + delta
 
-    monkeypatch.setattr(trainer_module, "attack", fixed_attack)
+    monkeypatch.setattr(cotrainer_module, "attack", fixed_attack)
     loss = trainer.compute_loss(model, inputs)
 
     # The attack saw the unwrapped model in robust mode, with hard labels (argmax of soft labels).
@@ -152,7 +153,7 @@ def test_one_batched_forward_alpha1_no_attack_alpha0_no_clean_forward(tmp_path, 
         model = trainer.model.train()
         handle = model.register_forward_pre_hook(record, with_kwargs=True)
         if alpha == 1.0:
-            monkeypatch.setattr(trainer_module, "attack", lambda *a, **k: pytest.fail("alpha=1 must not attack"))
+            monkeypatch.setattr(cotrainer_module, "attack", lambda *a, **k: pytest.fail("alpha=1 must not attack"))
         seen.clear()
         trainer.compute_loss(model, batch(n=6))
         handle.remove()

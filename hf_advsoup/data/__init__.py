@@ -32,6 +32,8 @@ Where things live (each module one concern):
 * :mod:`.idx`: the IDX format of MNIST, Fashion-MNIST, KMNIST (reader, folder loader).
 * :mod:`.schema`: column detection, the canonical ``image``/``label`` layout, corrupt-image removal, carve-outs.
 * :mod:`.loading`: ``load_image_dataset`` and ``load_eval_split``, which put the above together.
+* :mod:`.streaming`: ``load_streaming_dataset`` and ``StreamingTrainSet`` (``--streaming``: the training split read
+  as a shuffled, per-process, resumable stream).
 * :mod:`.labels`: matching an evaluation set's classes to a model's ``id2label`` by name.
 * :mod:`.images`: any PIL mode to 8-bit RGB (``to_rgb``) and cell decoding.
 * :mod:`.processor`: processor geometry, the evaluation crop rule, aligning the saved processor with the transforms.
@@ -47,6 +49,7 @@ from .presets import DATASET_PRESETS, DatasetPreset, find_preset
 from .processor import align_image_processor, default_eval_crop_pct
 from .schema import DataReport, detect_columns
 from .sources import DatasetUnavailableError, load_digits_dataset, local_preset_folder
+from .streaming import StreamingTrainSet, load_streaming_dataset
 from .transforms import ImageClassificationTransform, build_transforms, collate_fn, set_image_transforms
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "DatasetUnavailableError",
     "IdxFormatError",
     "ImageClassificationTransform",
+    "StreamingTrainSet",
     "align_image_processor",
     "build_transforms",
     "collate_fn",
@@ -67,6 +71,7 @@ __all__ = [
     "load_eval_split",
     "load_idx_folder",
     "load_image_dataset",
+    "load_streaming_dataset",
     "local_preset_folder",
     "match_class_names",
     "read_idx",

@@ -89,6 +89,24 @@ class DataArguments:
     dataset_cache_dir: str | None = field(
         default=None, metadata={"help": "Where `datasets` caches downloaded/prepared data; default: HF_DATASETS_CACHE."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training split (datasets' IterableDataset: a Hub id, a parquet or image folder, a "
+            "save_to_disk folder) instead of loading it whole: shuffled with a buffer, split across processes, read "
+            "pass after pass; the run's length is --max_steps (required). Validation and test are loaded one split "
+            "each. Resuming restores each process's position (hf_advsoup.data.streaming)."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000,
+        metadata={
+            "help": "--streaming: examples in the shuffle buffer of each process (and loader worker), on top of a "
+            "shuffled shard order; 0 shuffles the shards only (then a resumed run repeats the uninterrupted one "
+            "exactly; with a buffer, the examples in it at the checkpoint are skipped for that pass). ImageNet-size "
+            "JPEGs take about 110 KB each in the buffer."
+        },
+    )
     random_resized_crop: bool = field(
         default=True,
         metadata={
@@ -117,6 +135,8 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}.")
+        if self.shuffle_buffer_size < 0:
+            raise ValueError(f"shuffle_buffer_size must be >= 0, got {self.shuffle_buffer_size}.")
         if not 0.0 < self.crop_min_scale <= 1.0:
             raise ValueError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}.")
         if self.eval_crop_pct is not None and not 0.0 < self.eval_crop_pct <= 1.0:

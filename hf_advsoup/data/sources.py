@@ -86,8 +86,26 @@ def _as_dataset_dict(obj: datasets.Dataset | datasets.DatasetDict) -> datasets.D
     return obj if isinstance(obj, datasets.DatasetDict) else datasets.DatasetDict({"train": obj})
 
 
-def _load_local(path: str, cache_dir: str | None) -> tuple[datasets.DatasetDict, str]:
-    """Load a local image folder, ``save_to_disk`` folder or parquet file(s); returns the data and its kind."""
+def _local_split_files(builder: str, path: str, split: str | None, cache_dir: str | None) -> dict | None:
+    """``{split: files}`` of one split of a local parquet or image folder (``split=None``:
+    :func:`_default_eval_split`), from the folder's file names alone (nothing is read); ``None`` when the builder
+    lists no per-split files."""
+    data_files = getattr(datasets.load_dataset_builder(builder, data_dir=path, cache_dir=cache_dir).config,
+                         "data_files", None)
+    if not data_files:
+        return None
+    split = split if split is not None else _default_eval_split(list(data_files), path)
+    if split not in data_files:
+        raise ValueError(f"Split {split!r} not found in {path!r}; available splits: {', '.join(data_files)}.")
+    return {split: list(data_files[split])}
+
+
+def _load_local(path: str, cache_dir: str | None, split: str | None = None,
+                single_split: bool = False) -> tuple[datasets.DatasetDict, str]:
+    """Load a local image folder, ``save_to_disk`` folder or parquet file(s); returns the data and its kind.
+
+    ``single_split``: a parquet or image folder is read for ``split`` only (its files, found from their names; the
+    other splits, e.g. a large training set, are not converted), as for Hub ids; other local data is loaded whole."""
     if os.path.isfile(path):
         if path.endswith(".parquet"):
             loaded = datasets.load_dataset("parquet", data_files={"train": path}, cache_dir=cache_dir)
@@ -102,13 +120,15 @@ def _load_local(path: str, cache_dir: str | None) -> tuple[datasets.DatasetDict,
         return load_idx_folder(path), "idx"
     has_parquet = any(name.endswith(".parquet") for _, _, files in os.walk(path) for name in files)
     builder = "parquet" if has_parquet else "imagefolder"
-    loaded = _as_dataset_dict(datasets.load_dataset(builder, data_dir=path, cache_dir=cache_dir))
+    data_files = _local_split_files(builder, path, split, cache_dir) if single_split else None
+    where = {"data_files": data_files} if data_files is not None else {"data_dir": path}
+    loaded = _as_dataset_dict(datasets.load_dataset(builder, **where, cache_dir=cache_dir))
     if builder == "imagefolder" and all(ds.column_names == ["image"] for ds in loaded.values()):
         # datasets drops the labels of an image folder whose images all sit in one folder. Keep them: the label is
         # that folder's name (one class), which evaluation can match against a model's classes and training
         # rejects with "found 1 class" instead of "could not detect the label column".
         loaded = _as_dataset_dict(
-            datasets.load_dataset(builder, data_dir=path, cache_dir=cache_dir, drop_labels=False)
+            datasets.load_dataset(builder, **where, cache_dir=cache_dir, drop_labels=False)
         )
     return loaded, builder
 
@@ -284,9 +304,9 @@ def _load_source(
     """Resolve ``name`` (see the module docstring for the order) and load it.
 
     ``single_split`` restricts a Hub load to ``split`` (``None``: :func:`_default_eval_split`) and downloads
-    nothing else, and an IDX load to that split's files; other local data and the embedded preset are loaded whole
-    (they are already on disk). ``validation_fraction`` (falsy: the preset's) and ``split_seed`` only shape the
-    embedded digits' split.
+    nothing else, a local parquet or image folder to that split's files, and an IDX load to that split's files;
+    other local data and the embedded preset are loaded whole (they are already on disk). ``validation_fraction``
+    (falsy: the preset's) and ``split_seed`` only shape the embedded digits' split.
 
     Raises:
         FileNotFoundError: ``name`` looks like a path that does not exist; a preset's environment variable names a
@@ -311,7 +331,7 @@ def _load_source(
         note = (f"No local IDX files of {preset.name} in: {', '.join(tried)}. {preset.install_hint}\n"
                 "Falling back to the Hugging Face Hub failed too. ")
     if preset is None and os.path.exists(local_path):
-        raw, kind = _load_local(local_path, cache_dir)
+        raw, kind = _load_local(local_path, cache_dir, split=split, single_split=single_split)
         return RawSource(raw, f"local:{kind}:{local_path}", preset, location=local_path,
                          images_verified=kind == "idx")
     if preset is None and _looks_like_path(name):

@@ -38,7 +38,7 @@ class ImageClassificationTransform:
     ``eval_resize`` pixels (an int; the aspect ratio kept, transformers' rounding) or to exactly ``eval_resize =
     (height, width)``, then centre-crop ``size`` (the ImageNet protocol, :mod:`.processor`).
 
-    Randomness: after :meth:`set_epoch` (which :class:`~hf_advsoup.trainer.CoTrainer` calls at the start of every
+    Randomness: after :meth:`set_epoch` (which :class:`~hf_advsoup.training.CoTrainer` calls at the start of every
     epoch), the crop and flip of an image are a pure function of ``(seed, epoch, the image's content)``: neither
     torch's global RNG, nor the DataLoader worker, nor the order or batch the image comes in play a part, so a run
     resumed mid-epoch repeats them exactly. Before any ``set_epoch`` (e.g. under a plain ``Trainer``), draws come
@@ -72,6 +72,10 @@ class ImageClassificationTransform:
         self.size = (int(size[0]), int(size[1]))
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        # (x / 255 - mean) / std of every uint8 value of each channel, computed with the same float32 operations as
+        # on whole images: looking pixels up gives the same numbers, bit for bit, at about half the cost.
+        self._lut = (torch.arange(256, dtype=torch.float32).div_(255.0).expand(3, 256).clone()
+                     .sub_(self.mean.view(3, 1)).div_(self.std.view(3, 1)).numpy())
         self.train = train
         self.random_resized_crop = random_resized_crop
         self.scale = scale
@@ -148,11 +152,13 @@ class ImageClassificationTransform:
             image = image.resize(target, self.resample, box=self._crop_box(*image.size, generator=generator))
         elif image.size != target:
             image = image.resize(target, self.resample)
-        array = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy refuses read-only memory
         if self.train and self.hflip and torch.rand((), generator=generator).item() < 0.5:
-            array = array[:, ::-1]
-        pixels = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
-        return pixels.sub_(self.mean).div_(self.std)
+            image = image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)  # on the small image, in C
+        array = np.asarray(image, dtype=np.uint8)
+        pixels = np.empty((3, *array.shape[:2]), dtype=np.float32)
+        for channel in range(3):  # normalised by table look-up (see __init__)
+            np.take(self._lut[channel], array[..., channel], out=pixels[channel])
+        return torch.from_numpy(pixels)
 
     def resize_center_crop(self, image: PILImage.Image) -> PILImage.Image:
         """The evaluation resize and centre crop to ``size`` (``eval_resize``), on the RGB image, with the

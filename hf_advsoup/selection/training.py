@@ -34,7 +34,7 @@ from transformers.trainer_utils import EvalPrediction
 
 from ..attacks import AttackConfig, Normalization, attack
 from ..modeling_advsoup import AdvSoupViTForImageClassification
-from ..trainer import step_generator
+from ..training import step_generator
 from ..training_args import FREE_TRAIN_ATTACK
 from .systems import AutoSoupClassifier
 
