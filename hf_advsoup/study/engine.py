@@ -67,9 +67,10 @@ class StudyArguments:
                                            "is seed + 1."})
     sections: list[str] = field(
         default_factory=lambda: [name for name, section in SECTIONS.items() if section.phase != "long"],
-        metadata={"help": f"Sections to run, any of: {', '.join(SECTIONS)}. Default: all but long_horizon (the long "
-                  "runs of the collapse claims, about an hour more: its own invocation, `--sections long_horizon`).",
-                  "choices": list(SECTIONS)},
+        metadata={"help": f"Sections to run, any of: {', '.join(SECTIONS)}; 'all' for every one. Default: all but "
+                  "long_horizon (the long runs of the collapse claims, about an hour more: run `--sections all` "
+                  "afterwards, which reuses every finished job and adds them to the card).",
+                  "choices": [*SECTIONS, "all"]},
     )
     epsilon: str | None = field(
         default=None,
@@ -101,6 +102,8 @@ class StudyArguments:
     )
 
     def __post_init__(self) -> None:
+        if "all" in self.sections:
+            self.sections = list(SECTIONS)
         unknown = [s for s in self.sections if s not in SECTIONS]
         if unknown:
             raise ValueError(f"Unknown sections {unknown}; valid sections: {', '.join(SECTIONS)}.")

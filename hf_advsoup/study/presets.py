@@ -151,7 +151,7 @@ class StudyPreset:
     transfer_batch_size: int = 64
     transfer_horizontal_flip: bool = False
     transfer_strategies: tuple[str, ...] = ("head", "all")
-    # -- the long-horizon section (catastrophic overfitting; its own invocation: --sections long_horizon)
+    # -- the long-horizon section (catastrophic overfitting; its own invocation: --sections all, after the study)
     long_horizon_epochs: float = 30.0  # epochs of each long run (10x the optimizer steps of a 3-epoch study run)
     long_horizon_epsilons: tuple[str, ...] = ("0.1", "0.2")  # radii of the long runs (one above the study's)
     evaluation_batch_size: int = 500  # images per attack call (larger batches: more images per second on a CPU)

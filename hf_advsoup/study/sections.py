@@ -447,7 +447,7 @@ class TransferSection(Section):
 
 # ----------------------------------------------------------------------------------------------- long horizon
 class LongHorizonSection(Section):
-    """The collapse claims, on long runs (its own invocation: ``--sections long_horizon``): fully shared co-training
+    """The collapse claims, on long runs (its own invocation: ``--sections all`` after the study, which reuses every finished job): fully shared co-training
     vs the doubled token (Table 1 / Figure 10) and FAST-AT / N-FGSM at their authors' recommended steps (Table 2), each
     ``long_horizon_epochs`` epochs (10x the optimizer steps of a study run) at each radius of
     ``long_horizon_epsilons``, robust accuracy on validation monitored after every epoch. The verdicts come from those
