@@ -17,8 +17,11 @@ stronger than a short PGD. Clean accuracy is measured on every example of the sp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
 
+from .intervals import Accuracy, paired_difference, unpack_flags
 from .soups import EvalData, SoupEvaluation, SoupEvaluationArguments, evaluate_soups
 
 __all__ = ["TABLE_BETAS", "SoupTable", "TradeOff", "check_table_attack", "resolve_table_attack", "soup_table"]
@@ -29,23 +32,32 @@ TABLE_BETAS = (1.0, 0.5, 0.0)
 
 @dataclass(frozen=True)
 class TradeOff:
-    """What the table's end points say. ``robust_gain``: robust accuracy of robust mode minus clean mode's;
-    ``clean_cost``: clean accuracy of clean mode minus robust mode's (both fractions); ``halfway_between``: the 0.5 soup
-    lies between the two modes on both metrics."""
+    """What the table's end points say, from image counts. ``robust_gain``: robust accuracy of robust mode minus
+    clean mode's; ``clean_cost``: clean accuracy of clean mode minus robust mode's (exact fractions); their paired 95%
+    intervals over the same images (``None`` without per-image outcomes); ``halfway_between``: the 0.5 soup lies
+    between the two modes on both metrics (counts)."""
 
-    robust_gain: float
-    clean_cost: float
+    robust_gain: Fraction
+    clean_cost: Fraction
     halfway_between: bool
+    robust_gain_interval: tuple[Fraction, Fraction] | None = None
+    clean_cost_interval: tuple[Fraction, Fraction] | None = None
 
-    def shows_trade_off(self, min_robust_gain: float = 0.15, min_clean_cost: float = 0.02) -> bool:
+    def shows_trade_off(self, min_robust_gain: Fraction = Fraction(15, 100),
+                        min_clean_cost: Fraction = Fraction(2, 100)) -> bool:
         """The thresholds the README's main job is held to: robust mode at least 15 points more robust, clean mode
-        at least 2 points more accurate on clean images, the 0.5 soup in between."""
-        return self.robust_gain >= min_robust_gain and self.clean_cost >= min_clean_cost and self.halfway_between
+        at least 2 points more accurate on clean images -- each over its whole paired 95% interval where the
+        per-image outcomes are known (beyond sampling noise), else at the point estimate -- and the 0.5 soup in
+        between. Exact comparisons."""
+        gain = self.robust_gain_interval[0] if self.robust_gain_interval else self.robust_gain
+        cost = self.clean_cost_interval[0] if self.clean_cost_interval else self.clean_cost
+        return gain >= min_robust_gain and cost >= min_clean_cost and self.halfway_between
 
 
 @dataclass
 class SoupTable:
-    """The soups' clean and robust accuracy (fractions) per beta, on one split, with the full evaluation kept."""
+    """The soups' clean and robust accuracy (fractions) per beta, on one split, with the full evaluation kept;
+    ``outcomes`` (``{"clean" | "robust": {beta: per-image flags}}``) when the evaluation recorded them."""
 
     dataset: str
     clean: dict[float, float]
@@ -55,12 +67,25 @@ class SoupTable:
     num_clean: int
     num_robust: int
     evaluation: SoupEvaluation
+    outcomes: dict[str, dict[float, Any]] | None = field(default=None)
+
+    def _counts(self, metric: str) -> dict[float, Fraction]:
+        if self.outcomes is not None:
+            return {b: Fraction(int(f.sum()), f.size) for b, f in self.outcomes[metric].items()}
+        values = self.clean if metric == "clean" else self.robust
+        return {b: Fraction(str(v)) for b, v in values.items()}
 
     @property
     def trade_off(self) -> TradeOff:
-        c, r = self.clean, self.robust
+        c, r = self._counts("clean"), self._counts("robust")
         between = all(min(v[1.0], v[0.0]) <= v[0.5] <= max(v[1.0], v[0.0]) for v in (c, r))
-        return TradeOff(robust_gain=r[0.0] - r[1.0], clean_cost=c[1.0] - c[0.0], halfway_between=between)
+        intervals = {}
+        if self.outcomes is not None:
+            for name, metric, a, b in (("robust_gain_interval", "robust", 0.0, 1.0),
+                                       ("clean_cost_interval", "clean", 1.0, 0.0)):
+                d = paired_difference(self.outcomes[metric][a], self.outcomes[metric][b])
+                intervals[name] = (d.low, d.high)
+        return TradeOff(robust_gain=r[0.0] - r[1.0], clean_cost=c[1.0] - c[0.0], halfway_between=between, **intervals)
 
     def to_text(self) -> str:
         """A markdown table and one sentence that reads it."""
@@ -73,10 +98,15 @@ class SoupTable:
         ]
         names = {1.0: "clean mode", 0.5: "soup", 0.0: "robust mode"}
         for beta in TABLE_BETAS:
-            lines.append(f"| {beta:g} | {names[beta]} | {100 * self.clean[beta]:.1f}% | {100 * self.robust[beta]:.1f}% |")
+            lines.append(f"| {beta:g} | {names[beta]} | {self._cell('clean', beta)} | {self._cell('robust', beta)} |")
         t = self.trade_off
-        summary = (f"robust mode is {100 * t.robust_gain:.1f} points more robust than clean mode and "
-                   f"{100 * t.clean_cost:.1f} points less accurate on clean images; the 0.5 soup lies "
+
+        def interval(bounds):
+            return "" if bounds is None else f" [{100 * float(bounds[0]):.1f}, {100 * float(bounds[1]):.1f}]"
+
+        summary = (f"robust mode is {100 * float(t.robust_gain):.1f}{interval(t.robust_gain_interval)} points more "
+                   f"robust than clean mode and {100 * float(t.clean_cost):.1f}{interval(t.clean_cost_interval)} "
+                   "points less accurate on clean images; the 0.5 soup lies "
                    f"{'between them' if t.halfway_between else 'outside them on at least one metric'}")
         if t.shows_trade_off():
             summary = "Trade-off: " + summary + ". Any beta in between picks a point on it, at the cost of one forward."
@@ -84,7 +114,15 @@ class SoupTable:
             summary = ("No clear trade-off (below +15 robust / 2 clean points): " + summary + ". The two tokens did "
                        "not specialise much on this run; see docs/cotraining.md for recipes that make them.")
         lines += ["", summary]
+        if self.outcomes is not None:
+            lines += ["", "Brackets: 95% Wilson intervals of the accuracies; paired 95% bootstrap intervals of the "
+                      "differences (the same images)."]
         return "\n".join(lines)
+
+    def _cell(self, metric: str, beta: float) -> str:
+        if self.outcomes is not None:
+            return Accuracy.of(self.outcomes[metric][beta]).text()
+        return f"{100 * (self.clean if metric == 'clean' else self.robust)[beta]:.1f}%"
 
 
 def _radius(epsilon: float) -> str:
@@ -167,8 +205,12 @@ def soup_table(
     clean_records = result.filter(dataset=dataset, family="soup", metric="clean_accuracy")
     robust_records = result.filter(dataset=dataset, family="soup", metric="robust_accuracy")
     threat = robust_records[0].threat_model or {}
+    outcomes = None
+    if all(r.outcomes for r in clean_records + robust_records):
+        outcomes = {"clean": {r.beta: unpack_flags(r.outcomes) for r in clean_records},
+                    "robust": {r.beta: unpack_flags(r.outcomes) for r in robust_records}}
     return SoupTable(
         dataset=dataset, clean=clean, robust=robust, attack_name=str(threat.get("name", preset)),
         epsilon=float(threat.get("epsilon", float("nan"))), num_clean=int(clean_records[0].num_examples),
-        num_robust=int(robust_records[0].num_examples), evaluation=result,
+        num_robust=int(robust_records[0].num_examples), evaluation=result, outcomes=outcomes,
     )

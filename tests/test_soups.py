@@ -8,6 +8,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from fractions import Fraction
+
 import pytest
 import torch
 from PIL import Image
@@ -475,6 +477,12 @@ def test_soup_table_reads_the_trade_off_and_refuses_unknown_attacks():
                        batch_size=12, progress=False)
     assert sorted(table.clean) == [0.0, 0.5, 1.0] and table.num_clean == 12 and table.num_robust == 6
     assert table.attack_name.startswith("PGD-2") and "on the first 6" in table.to_text()
+    # counts and intervals: each cell is a count of the per-image outcomes, with its Wilson interval
+    assert table.outcomes is not None and table.outcomes["robust"][0.0].size == 6
+    right = int(table.outcomes["clean"][1.0].sum())
+    assert table.clean[1.0] == right / 12 and f"{100 * right / 12:.1f}% [" in table.to_text()
+    gain = table.trade_off
+    assert gain.robust_gain_interval[0] <= gain.robust_gain <= gain.robust_gain_interval[1]
     made_up = SoupTable("test", {1.0: 0.82, 0.5: 0.80, 0.0: 0.74}, {1.0: 0.13, 0.5: 0.27, 0.0: 0.48}, "APGD-CE", 0.1,
                         10000, 500, table.evaluation)
     assert made_up.trade_off.shows_trade_off() and "Trade-off:" in made_up.to_text()
@@ -482,7 +490,11 @@ def test_soup_table_reads_the_trade_off_and_refuses_unknown_attacks():
     flat = SoupTable("test", {1.0: 0.975, 0.5: 0.975, 0.0: 0.975}, {1.0: 0.80, 0.5: 0.81, 0.0: 0.81}, "APGD-CE", 0.03,
                      360, 360, table.evaluation)
     assert not flat.trade_off.shows_trade_off() and "No clear trade-off" in flat.to_text()
-    assert not TradeOff(0.3, 0.05, halfway_between=False).shows_trade_off()
+    assert not TradeOff(Fraction(3, 10), Fraction(1, 20), halfway_between=False).shows_trade_off()
+    # exactly on the boundary counts; an interval reaching below the threshold does not (beyond noise only)
+    assert TradeOff(Fraction(15, 100), Fraction(2, 100), halfway_between=True).shows_trade_off()
+    assert not TradeOff(Fraction(30, 100), Fraction(5, 100), True, robust_gain_interval=(Fraction(14, 100),
+                                                                                       Fraction(46, 100))).shows_trade_off()
     with pytest.raises(ValueError, match="Unknown soup-table attack"):
         soup_table(model, (x, y), normalization=NORM, epsilon=0.1, attack="apgd-x")
     with pytest.raises(ValueError, match="robust_examples"):
