@@ -86,6 +86,11 @@ class FlagshipArguments:
         default=None,
         metadata={"help": "Test images under the report attack (the first N). Default: the preset's."},
     )
+    defence_examples: int | None = field(
+        default=None,
+        metadata={"help": "Test images the per-image defences are evaluated on (the first N; at most "
+                  "--report_examples). Default: the preset's."},
+    )
     defences: bool = field(
         default=True,
         metadata={"help": "Evaluate the per-image defences too (docs/selection.md): beta='auto' with a selector "
@@ -104,7 +109,7 @@ class FlagshipArguments:
     def __post_init__(self) -> None:
         if self.jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {self.jobs}.")
-        for name in ("autoattack_examples", "report_examples"):
+        for name in ("autoattack_examples", "report_examples", "defence_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}.")
@@ -122,10 +127,12 @@ class Flagship:
     """One invocation: the preset, the folders, the jobs and their records."""
 
     def __init__(self, preset: FlagshipPreset, args: FlagshipArguments, command: str | None = None):
-        if args.autoattack_examples is not None or args.report_examples is not None:
+        if any(getattr(args, name) is not None
+               for name in ("autoattack_examples", "report_examples", "defence_examples")):
             preset = dataclasses.replace(
                 preset, autoattack_examples=args.autoattack_examples or preset.autoattack_examples,
-                report_examples=args.report_examples or preset.report_examples)
+                report_examples=args.report_examples or preset.report_examples,
+                defence_examples=args.defence_examples or preset.defence_examples)
         self.preset = preset
         self.args = args
         self.command = command or "hf_advsoup.flagship.run_flagship(...)"
