@@ -214,6 +214,21 @@ def test_the_flagship_refuses_a_bad_setup_before_any_work(tmp_path, fashion_file
         FlagshipArguments(autoattack_examples=0)
 
 
+def test_fewer_report_images_shrink_the_default_defence_images_but_not_an_explicit_request():
+    from hf_advsoup.flagship.engine import Flagship
+
+    preset = get_flagship_preset("fashion-mnist-flagship")
+    assert preset.defence_examples > 300
+    shrunk = Flagship(preset, FlagshipArguments(report_examples=300, defences=False)).preset
+    assert (shrunk.report_examples, shrunk.defence_examples) == (300, 300)
+    kept = Flagship(preset, FlagshipArguments(report_examples=3000, defence_examples=250)).preset
+    assert (kept.report_examples, kept.defence_examples) == (3000, 250)
+    with pytest.raises(ValueError, match="defence_examples must be at most report_examples"):
+        Flagship(preset, FlagshipArguments(report_examples=300, defence_examples=400))
+    with pytest.raises(ValueError, match="--defence_examples"):
+        FlagshipArguments(defence_examples=0)
+
+
 FLAGSHIP_FOLDER = ROOT / "model_cards" / "fashion-mnist-flagship"
 
 

@@ -132,7 +132,10 @@ class Flagship:
             preset = dataclasses.replace(
                 preset, autoattack_examples=args.autoattack_examples or preset.autoattack_examples,
                 report_examples=args.report_examples or preset.report_examples,
-                defence_examples=args.defence_examples or preset.defence_examples)
+                # the preset's default follows a smaller --report_examples (the defences reuse its images); an
+                # explicit --defence_examples above --report_examples is refused by the preset
+                defence_examples=args.defence_examples or min(preset.defence_examples,
+                                                              args.report_examples or preset.report_examples))
         self.preset = preset
         self.args = args
         self.command = command or "hf_advsoup.flagship.run_flagship(...)"
