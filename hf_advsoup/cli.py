@@ -210,3 +210,18 @@ def check_output_file(path: str | os.PathLike, *, flag: str) -> None:
     if os.path.isdir(location):
         raise OutputLocationError(f"{flag} {text} is a folder, not a file. Nothing was changed. Choose another {flag}.")
     check_output_dir(os.path.dirname(location), flag=f"the folder of {flag}")
+
+
+RESUME_HINT = ("run the same command again to continue: finished jobs are reused, an interrupted training resumes "
+               "from its last checkpoint.")
+"""The Ctrl-C hint of the job-running scripts (``scripts/flagship.py``, ``scripts/reproduce.py``)."""
+
+
+def check_job_locations(args: Any) -> None:
+    """Before any work of a job-running script: its ``--output_dir`` and ``--work_dir`` (when given) can be written
+    (a run resumes in them, so they may hold files), and a given ``--cotrain_script`` exists."""
+    for flag in ("output_dir", "work_dir"):
+        if getattr(args, flag) is not None:
+            check_output_dir(getattr(args, flag), flag=f"--{flag}")
+    if args.cotrain_script is not None and not os.path.isfile(args.cotrain_script):
+        raise FileNotFoundError(f"--cotrain_script {args.cotrain_script}: no such file.")

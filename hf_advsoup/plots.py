@@ -36,6 +36,15 @@ _STYLE = {
 }
 
 
+
+def _label_axes(ax, xlabel: str, ylabel: str, title: str, *, legend_size: int) -> None:
+    """The finish every plot of this module shares: axis labels, a small title, a light grid, the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
 def _save(figure: Figure, path: str | Path, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,11 +92,8 @@ def plot_tradeoff(result: SoupEvaluation, path: str | Path, dataset: str | None 
         ax.plot([100 * clean], [100 * robust], marker="*", markersize=12, linestyle="none", color="tab:red",
                 label=label)
         ax.annotate(label, (100 * clean, 100 * robust), textcoords="offset points", xytext=(5, -10), fontsize=8)
-    ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel("robust accuracy (%)")
-    ax.set_title(f"Soups vs ensembles on {dataset}\n{_threat_text(result, dataset)}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label_axes(ax, "clean accuracy (%)", "robust accuracy (%)",
+                f"Soups vs ensembles on {dataset}\n{_threat_text(result, dataset)}", legend_size=8)
     return _save(figure, path, dpi)
 
 
@@ -199,11 +205,7 @@ def plot_pareto(points: Mapping[str, tuple[float, float]], front: Sequence[str],
             label="Pareto front")
     for label in points:
         ax.annotate(label, (xs[label], ys[label]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label_axes(ax, xlabel, ylabel, title, legend_size=8)
     return _save(figure, path, dpi)
 
 
@@ -222,11 +224,7 @@ def plot_training_curves(curves: Mapping[str, Sequence[tuple[float, float]]], pa
             drawn += 1
     if not drawn:
         raise ValueError("No monitored values to plot.")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    _label_axes(ax, "epoch", ylabel, title, legend_size=6)
     return _save(figure, path, dpi)
 
 
@@ -250,11 +248,7 @@ def plot_curves_with_intervals(curves: Mapping[str, Sequence[tuple[float, float,
         color = f"C{(len(curves) + i) % 10}"
         ax.axhline(100 * value, color=color, linestyle="--", linewidth=1, label=label)
         ax.axhspan(100 * low, 100 * high, color=color, alpha=0.12)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _label_axes(ax, xlabel, ylabel, title, legend_size=7)
     return _save(figure, path, dpi)
 
 
@@ -274,11 +268,7 @@ def plot_tradeoff_with_intervals(points: Mapping[str, Sequence[tuple[str, float,
         for p, x, y in zip(series, xs, ys):
             if p[0]:
                 ax.annotate(p[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _label_axes(ax, xlabel, ylabel, title, legend_size=7)
     return _save(figure, path, dpi)
 
 

@@ -24,32 +24,19 @@ import sys
 
 from transformers import HfArgumentParser
 
-from hf_advsoup.cli import check_output_dir, run
+from hf_advsoup.cli import RESUME_HINT, check_job_locations, run
 from hf_advsoup.flagship import FlagshipArguments, run_flagship
-
-INTERRUPT_HINT = ("run the same command again to continue: finished jobs are reused, an interrupted training "
-                  "resumes from its last checkpoint.")
-
-
-def check_locations(args) -> None:
-    """Before any work: the folders given on the command line can be written (a run resumes in them, so they may
-    hold files), and a given cotrain script exists."""
-    for flag in ("output_dir", "work_dir"):
-        if getattr(args, flag) is not None:
-            check_output_dir(getattr(args, flag), flag=f"--{flag}")
-    if args.cotrain_script is not None and not os.path.isfile(args.cotrain_script):
-        raise FileNotFoundError(f"--cotrain_script {args.cotrain_script}: no such file.")
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the flagship (or one stage of it); return the results dictionary."""
     argv = list(sys.argv[1:] if argv is None else argv)
     (args,) = HfArgumentParser(FlagshipArguments).parse_args_into_dataclasses(args=argv)
-    check_locations(args)
+    check_job_locations(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     return run_flagship(args, command="python scripts/flagship.py" + (" " + " ".join(argv) if argv else ""))
 
 
 if __name__ == "__main__":
-    run(main, interrupt_hint=INTERRUPT_HINT)
+    run(main, interrupt_hint=RESUME_HINT)

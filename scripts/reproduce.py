@@ -23,32 +23,18 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from hf_advsoup.cli import check_output_dir, run
+from hf_advsoup.cli import RESUME_HINT, check_job_locations, run
 from hf_advsoup.study import StudyArguments, run_study
 from hf_advsoup.study.jobs import format_duration
 
 COTRAIN = Path(__file__).resolve().parent / "cotrain.py"
 
 
-INTERRUPT_HINT = ("run the same command again to continue: finished jobs are reused, an interrupted training "
-                  "resumes from its last checkpoint.")
-
-
-def check_locations(args) -> None:
-    """Before any work: the folders given on the command line can be written (a run resumes in them, so they may
-    hold files), and a given cotrain script exists."""
-    for flag in ("output_dir", "work_dir"):
-        if getattr(args, flag) is not None:
-            check_output_dir(getattr(args, flag), flag=f"--{flag}")
-    if args.cotrain_script is not None and not os.path.isfile(args.cotrain_script):
-        raise FileNotFoundError(f"--cotrain_script {args.cotrain_script}: no such file.")
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Run the study (or rewrite its card with --report_only); return the results dictionary."""
     argv = list(sys.argv[1:] if argv is None else argv)
     (args,) = HfArgumentParser(StudyArguments).parse_args_into_dataclasses(args=argv)
-    check_locations(args)
+    check_job_locations(args)
     if args.cotrain_script is None:
         args.cotrain_script = str(COTRAIN)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -61,4 +47,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run(main, interrupt_hint=INTERRUPT_HINT)
+    run(main, interrupt_hint=RESUME_HINT)
