@@ -72,7 +72,8 @@ def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[flo
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval always holds k / n; at k = 0 (k = n) its end is exactly 0 (1), not a round-off away from it
+    return (0.0 if k == 0 else min(p, centre - half)), (1.0 if k == n else max(p, centre + half))
 
 
 def _z(confidence: float) -> float:

@@ -262,3 +262,12 @@ def _fashion_mnist_folder():
         return _preset_idx_folder(find_preset("fashion_mnist"))[0]
     except FileNotFoundError:
         return None
+
+
+def test_the_card_lists_a_runs_changes_to_its_recipe_without_the_bookkeeping_flags():
+    from hf_advsoup.flagship.card import _recipe_changes
+
+    argv = ["--alpha", "0", "--num_train_epochs", "5.57", "--output_dir", "runs/flagship/x/runs/adversarial", "--seed",
+            "0", "--disable_tqdm", "true", "--soup_table", "false"]
+    assert _recipe_changes(argv) == ["--alpha", "0", "--num_train_epochs", "5.57"]
+    assert _recipe_changes(["--output_dir", "/tmp/run", "--seed", "0"]) == []

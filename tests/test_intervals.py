@@ -107,6 +107,11 @@ def test_wilson_interval_and_accuracy():
     low, high = wilson_interval(236, 500)
     assert low < 236 / 500 < high and high - low == pytest.approx(2 * 1.96 * np.sqrt(0.472 * 0.528 / 500), rel=0.02)
     assert wilson_interval(0, 50)[0] == 0.0 and wilson_interval(50, 50)[1] == 1.0
+    for n in (7, 500, 2000, 10000):  # 0 of 500 once gave a lower end of 4e-19, above its value: a negative error bar
+        for k in (0, 1, n // 2, n - 1, n):
+            low, high = wilson_interval(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
     accuracy = Accuracy.of(torch.tensor([True, False, True, True]))
     assert (accuracy.correct, accuracy.total, accuracy.value) == (3, 4, Fraction(3, 4))
     assert Accuracy(8830, 10000).text() == "88.3% [87.7, 88.9]"
@@ -149,3 +154,19 @@ def test_on_par_within_a_margin_and_scores_of_two_metrics():
         paired_difference(clean_a.astype(int) * 3, clean_b.astype(int))
     with pytest.raises(ValueError, match="whole numbers"):
         paired_difference(np.array([0.5, 1.0]), np.array([1.0, 0.0]))
+
+
+def test_interval_plots_draw_accuracies_at_zero_and_one(tmp_path):
+    """A baseline with no robust image left (0 of 500) and a perfect one (500 of 500) are drawn, not refused for an
+    error bar a round-off below zero."""
+    from hf_advsoup.plots import plot_curves_with_intervals, plot_tradeoff_with_intervals
+
+    zero, full, half = (Accuracy(k, 500) for k in (0, 500, 250))
+    point = lambda a: (float(a.value), *a.interval)  # noqa: E731
+    path = plot_tradeoff_with_intervals({"nominal": [("", *point(half), *point(zero))],
+                                         "soups": [("1", *point(full), *point(zero)), ("0", *point(half), *point(full))]},
+                                        tmp_path / "tradeoff.png", xlabel="clean", ylabel="robust", title="t")
+    assert path.stat().st_size > 0
+    path = plot_curves_with_intervals({"robust": [(1.0, *point(zero)), (0.0, *point(full))]}, tmp_path / "beta.png",
+                                      xlabel="beta", ylabel="accuracy", title="t", references={"nominal": point(zero)})
+    assert path.stat().st_size > 0

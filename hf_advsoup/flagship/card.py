@@ -320,6 +320,24 @@ PLOTS = {"accuracy_vs_beta.png": "Clean and robust accuracy of the soups against
          "training_curves.png": "Validation accuracy after every epoch of the three trainings"}
 
 
+_BOOKKEEPING_FLAGS = ("--output_dir", "--seed", "--disable_tqdm", "--soup_table")
+"""Flags the flagship adds to every training command (where it writes, its seed, quiet logs), each with one value:
+not changes of the recipe."""
+
+
+def _recipe_changes(argv: list[str]) -> list[str]:
+    """The command-line changes of a training run to its recipe: ``argv`` without the bookkeeping flags and their
+    values."""
+    changes, i = [], 0
+    while i < len(argv):
+        if argv[i] in _BOOKKEEPING_FLAGS:
+            i += 2
+            continue
+        changes.append(argv[i])
+        i += 1
+    return changes
+
+
 def _monitored_clean_key(run: str) -> str:
     """The monitored clean accuracy that means something for a run: the adversarial baseline trains only its
     adversarial token (robust mode's clean accuracy); the others, clean mode's."""
@@ -615,8 +633,7 @@ def _how_made(results: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|"]
     for name, run in runs.items():
         argv = run["argv"]
-        changes = " ".join(a for a in argv[1:] if not a.startswith(("/", "runs")) and a not in (
-            "--output_dir", "--seed", "--disable_tqdm", "true", "--soup_table", "false")) or "—"
+        changes = " ".join(_recipe_changes(argv[1:])) or "—"
         final = run["final_validation"]
         robust = final.get("eval_robust_accuracy") if name != "nominal" else None
         lines.append(f"| {run['title']} | `{changes}` | {run['recipe'].get('num_train_epochs')} | "

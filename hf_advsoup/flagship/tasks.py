@@ -8,6 +8,7 @@ study's ``train`` task (``scripts/cotrain.py``'s ``main``), resumable from their
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -19,8 +20,15 @@ __all__ = ["attack", "choose_mix", "clean", "defend", "load_test_tensors"]
 logger = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=2)
 def _dataset(dataset_name: str):
+    # where a preset is read from can change within one process (HF_ADVSOUP_FASHION_MNIST_DIR and the like), so the
+    # cache is keyed by those settings too
+    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("HF_ADVSOUP_")))
+    return _cached_dataset(dataset_name, settings)
+
+
+@lru_cache(maxsize=2)
+def _cached_dataset(dataset_name: str, settings: tuple[tuple[str, str], ...]):
     from ..data import DataArguments, load_image_dataset
 
     return load_image_dataset(DataArguments(dataset_name=dataset_name))
