@@ -37,12 +37,6 @@ _STYLE = {
 
 
 
-def _bar(length: float) -> float:
-    """An error bar's length in percent: an interval's end computed in floats can sit a round-off beyond its value
-    (a Wilson interval of 0 successes has a lower end of about 1e-17), which matplotlib refuses as negative."""
-    return max(0.0, 100 * length)
-
-
 def _label_axes(ax, xlabel: str, ylabel: str, title: str, *, legend_size: int) -> None:
     """The finish every plot of this module shares: axis labels, a small title, a light grid, the legend."""
     ax.set_xlabel(xlabel)
@@ -50,6 +44,7 @@ def _label_axes(ax, xlabel: str, ylabel: str, title: str, *, legend_size: int) -
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=legend_size)
+
 
 def _save(figure: Figure, path: str | Path, dpi: int) -> Path:
     path = Path(path)
@@ -248,7 +243,7 @@ def plot_curves_with_intervals(curves: Mapping[str, Sequence[tuple[float, float,
             continue
         xs = [p[0] for p in points]
         ys = [100 * p[1] for p in points]
-        errors = [[_bar(p[1] - p[2]) for p in points], [_bar(p[3] - p[1]) for p in points]]
+        errors = [[100 * (p[1] - p[2]) for p in points], [100 * (p[3] - p[1]) for p in points]]
         ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=3, capsize=2, label=label)
     for i, (label, (value, low, high)) in enumerate((references or {}).items()):
         color = f"C{(len(curves) + i) % 10}"
@@ -267,8 +262,8 @@ def plot_tradeoff_with_intervals(points: Mapping[str, Sequence[tuple[str, float,
     for label, series in points.items():
         xs = [100 * p[1] for p in series]
         ys = [100 * p[4] for p in series]
-        xerr = [[_bar(p[1] - p[2]) for p in series], [_bar(p[3] - p[1]) for p in series]]
-        yerr = [[_bar(p[4] - p[5]) for p in series], [_bar(p[6] - p[4]) for p in series]]
+        xerr = [[100 * (p[1] - p[2]) for p in series], [100 * (p[3] - p[1]) for p in series]]
+        yerr = [[100 * (p[4] - p[5]) for p in series], [100 * (p[6] - p[4]) for p in series]]
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", markersize=3, capsize=2,
                     linestyle="-" if len(series) > 1 else "none", label=label)
         for p, x, y in zip(series, xs, ys):

@@ -127,15 +127,13 @@ class Flagship:
     """One invocation: the preset, the folders, the jobs and their records."""
 
     def __init__(self, preset: FlagshipPreset, args: FlagshipArguments, command: str | None = None):
-        if any(getattr(args, name) is not None
-               for name in ("autoattack_examples", "report_examples", "defence_examples")):
-            preset = dataclasses.replace(
-                preset, autoattack_examples=args.autoattack_examples or preset.autoattack_examples,
-                report_examples=args.report_examples or preset.report_examples,
-                # the preset's default follows a smaller --report_examples (the defences reuse its images); an
-                # explicit --defence_examples above --report_examples is refused by the preset
-                defence_examples=args.defence_examples or min(preset.defence_examples,
-                                                              args.report_examples or preset.report_examples))
+        report = args.report_examples or preset.report_examples
+        preset = dataclasses.replace(
+            preset, autoattack_examples=args.autoattack_examples or preset.autoattack_examples,
+            report_examples=report,
+            # the preset's default follows a smaller --report_examples (the defences reuse its images); an explicit
+            # --defence_examples above --report_examples is refused by the preset
+            defence_examples=args.defence_examples or min(preset.defence_examples, report))
         self.preset = preset
         self.args = args
         self.command = command or "hf_advsoup.flagship.run_flagship(...)"
